@@ -1,0 +1,2 @@
+"""Herald: SMS campaigns as code."""
+__version__ = "0.1.0"

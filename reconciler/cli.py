@@ -1,0 +1,76 @@
+"""The `herald` command line: thin wrappers over the core modules."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .diagnostics import render_diagnostics
+
+DEFAULT_PATHS = ("providers", "campaigns")
+
+
+def _default_paths(paths: tuple[str, ...]) -> list[str]:
+    if paths:
+        return list(paths)
+    found = [p for p in DEFAULT_PATHS if Path(p).exists()]
+    if not found:
+        raise click.UsageError("no PATH given and no providers/ or campaigns/ directory here")
+    return found
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="herald")
+def main() -> None:
+    """Herald: SMS campaigns as code."""
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(exists=True))
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text",
+              show_default=True, help="github prints ::error annotations for pull requests.")
+@click.option("--strict", is_flag=True, help="Treat warnings as errors.")
+def validate(paths: tuple[str, ...], fmt: str, strict: bool) -> None:
+    """Validate the desired state in PATHS (default: providers/ campaigns/).
+
+    Exit 0 when valid, 1 when invalid, 2 on usage errors.
+    """
+    from .loading import load_paths
+
+    result = load_paths(_default_paths(paths))
+    output = render_diagnostics(result.diagnostics, fmt)
+    if output:
+        click.echo(output, err=fmt == "text")
+    failed = not result.ok or (strict and result.diagnostics)
+    if fmt == "text":
+        state = result.state
+        summary = (f"{len(state.providers)} providers, {len(state.groups)} groups, "
+                   f"{len(state.segments)} segments, {len(state.campaigns)} campaigns")
+        errors = len(result.errors)
+        warnings = len(result.diagnostics) - errors
+        status = "invalid" if failed else "valid"
+        click.echo(f"{status}: {summary}; {errors} errors, {warnings} warnings", err=bool(failed))
+    sys.exit(1 if failed else 0)
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("schemas"),
+              show_default=True)
+@click.option("--check", is_flag=True, help="Exit 1 if the files differ from the models instead of writing.")
+def schema(out: Path, check: bool) -> None:
+    """Write JSON Schemas generated from the models (for CI and yaml-language-server)."""
+    from .schema import drifted_schemas, write_schemas
+
+    if check:
+        drifted = drifted_schemas(out)
+        for name in drifted:
+            click.echo(f"{out / name}: out of date; run 'herald schema'", err=True)
+        sys.exit(1 if drifted else 0)
+    for path in write_schemas(out):
+        click.echo(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,356 @@
+"""YAML → validated documents, keeping source positions so every error names path:line:col.
+
+Files arrive as bytes (from a directory or a git tree). Hostile input is bounded: file size,
+node count (alias bombs expand here and are stopped), and nesting depth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.constructor import RoundTripConstructor
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from .diagnostics import Diagnostic
+from .models import API_VERSION, KINDS, Campaign, Document, Provider, ProviderGroup, Segment, Settings
+
+MAX_FILE_BYTES = 1_048_576
+MAX_NODES_PER_DOCUMENT = 100_000
+MAX_DEPTH = 64
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: str
+    content: bytes
+
+
+class _StringTimestampConstructor(RoundTripConstructor):
+    """Keep timestamps as written; the models parse them (ruamel would drop the UTC offset)."""
+
+
+_StringTimestampConstructor.add_constructor(
+    "tag:yaml.org,2002:timestamp", RoundTripConstructor.construct_yaml_str
+)
+
+
+def _new_yaml() -> YAML:
+    yaml = YAML(typ="rt")
+    yaml.Constructor = _StringTimestampConstructor
+    yaml.allow_duplicate_keys = False
+    return yaml
+
+
+class _TooLarge(Exception):
+    def __init__(self, message: str, node: Any) -> None:
+        super().__init__(message)
+        self.node = node
+
+
+@dataclass
+class LoadedDocument:
+    """One validated document and the YAML tree it came from (for positions)."""
+
+    model: Document
+    path: str
+    tree: CommentedMap
+
+    @property
+    def kind(self) -> str:
+        return self.model.kind
+
+    @property
+    def name(self) -> str:
+        return self.model.metadata.name
+
+    def locate(self, field_path: Sequence[str | int] = ()) -> tuple[int, int, str]:
+        return locate(self.tree, field_path)
+
+
+def locate(tree: Any, loc: Sequence[str | int], missing_leaf: bool = False) -> tuple[int, int, str]:
+    """Walk a pydantic error location through the YAML tree.
+
+    Returns (line, col, dotted field), 1-based. Location parts that are not keys of the data are
+    union tags and are skipped, except a missing field at the end, which is named and reported at
+    its parent mapping.
+    """
+    node = tree
+    line, col = _node_position(tree)
+    shown: list[str] = []
+    last = len(loc) - 1
+    for index, part in enumerate(loc):
+        if isinstance(node, CommentedMap):
+            key = _yaml_key(node, part)
+            if key is None:
+                if missing_leaf and index == last:
+                    shown.append(str(part).rstrip("_"))
+                continue
+            kline, kcol = node.lc.key(key)
+            line, col = kline + 1, kcol + 1
+            shown.append(str(key))
+            node = node[key]
+        elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
+            iline, icol = node.lc.item(part)
+            line, col = iline + 1, icol + 1
+            shown[-1:] = [f"{shown[-1]}[{part}]"] if shown else [f"[{part}]"]
+            node = node[part]
+        elif missing_leaf and index == last:
+            shown.append(str(part))
+    return line, col, ".".join(shown)
+
+
+def _yaml_key(node: CommentedMap, part: str | int) -> Any:
+    if part in node:
+        return part
+    if part == "from_" and "from" in node:
+        return "from"
+    if part == "not_" and "not" in node:
+        return "not"
+    return None
+
+
+def _node_position(node: Any) -> tuple[int, int]:
+    lc = getattr(node, "lc", None)
+    if lc is not None and lc.line is not None:
+        return lc.line + 1, lc.col + 1
+    return 1, 1
+
+
+def _to_plain(node: Any, budget: list[int], depth: int = 0) -> Any:
+    """Copy the ruamel tree into plain Python values, bounding size and depth."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooLarge(f"document has more than {MAX_NODES_PER_DOCUMENT} nodes (alias bomb?)", node)
+    if depth > MAX_DEPTH:
+        raise _TooLarge(f"document nests deeper than {MAX_DEPTH} levels", node)
+    if isinstance(node, dict):
+        return {str(k): _to_plain(v, budget, depth + 1) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_to_plain(v, budget, depth + 1) for v in node]
+    if isinstance(node, bool) or node is None:
+        return node
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
+    if isinstance(node, str):
+        return str(node)
+    return str(node)
+
+
+@dataclass
+class DesiredState:
+    """Everything one commit (or directory) declares, indexed by kind and name."""
+
+    providers: dict[str, Provider] = field(default_factory=dict)
+    groups: dict[str, ProviderGroup] = field(default_factory=dict)
+    campaigns: dict[str, Campaign] = field(default_factory=dict)
+    segments: dict[str, Segment] = field(default_factory=dict)
+    settings: Settings = field(
+        default_factory=lambda: Settings.model_validate(
+            {"apiVersion": API_VERSION, "kind": "Settings", "metadata": {"name": "default"}}
+        )
+    )
+    documents: list[LoadedDocument] = field(default_factory=list)
+
+    def find(self, kind: str, name: str) -> LoadedDocument | None:
+        for doc in self.documents:
+            if doc.kind == kind and doc.name == name:
+                return doc
+        return None
+
+    def default_group(self) -> ProviderGroup | None:
+        return next((g for g in self.groups.values() if g.spec.default), None)
+
+    def objects(self) -> Iterator[Document]:
+        yield from self.providers.values()
+        yield from self.groups.values()
+        yield from self.segments.values()
+        yield from self.campaigns.values()
+
+
+@dataclass
+class LoadResult:
+    state: DesiredState
+    diagnostics: list[Diagnostic]
+
+    @property
+    def ok(self) -> bool:
+        return not any(d.severity == "error" for d in self.diagnostics)
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity == "error"]
+
+
+def collect_files(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[SourceFile], list[Diagnostic]]:
+    """Read every *.yaml / *.yml under the given files or directories (hidden entries skipped)."""
+    files: list[SourceFile] = []
+    problems: list[Diagnostic] = []
+    for raw in paths:
+        root = Path(raw)
+        if not root.exists():
+            problems.append(Diagnostic(str(root), 1, 1, "", "", "", "no such file or directory"))
+            continue
+        candidates = [root] if root.is_file() else sorted(
+            p for p in root.rglob("*")
+            if p.is_file() and p.suffix in YAML_SUFFIXES and not _hidden(p.relative_to(root))
+        )
+        for path in candidates:
+            size = path.stat().st_size
+            if size > MAX_FILE_BYTES:
+                problems.append(Diagnostic(str(path), 1, 1, "", "", "",
+                                           f"file is {size} bytes; the limit is {MAX_FILE_BYTES}"))
+                continue
+            files.append(SourceFile(str(path), path.read_bytes()))
+    return files, problems
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def load_paths(paths: Iterable[str | os.PathLike[str]]) -> LoadResult:
+    files, problems = collect_files(paths)
+    result = load_files(files)
+    result.diagnostics[:0] = problems
+    return result
+
+
+def load_files(files: Iterable[SourceFile]) -> LoadResult:
+    from .validation import check_state
+
+    state = DesiredState()
+    diagnostics: list[Diagnostic] = []
+    for source in files:
+        for doc, problems in _load_file(source):
+            diagnostics.extend(problems)
+            if doc is not None:
+                state.documents.append(doc)
+    diagnostics.extend(_index(state))
+    diagnostics.extend(check_state(state))
+    return LoadResult(state, diagnostics)
+
+
+def _load_file(source: SourceFile) -> Iterator[tuple[LoadedDocument | None, list[Diagnostic]]]:
+    def fail(message: str, line: int = 1, col: int = 1) -> tuple[None, list[Diagnostic]]:
+        return None, [Diagnostic(source.path, line, col, "", "", "", message)]
+
+    if len(source.content) > MAX_FILE_BYTES:
+        yield fail(f"file is {len(source.content)} bytes; the limit is {MAX_FILE_BYTES}")
+        return
+    try:
+        text = source.content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        yield fail(f"file is not valid UTF-8 (byte {exc.start}: {exc.reason})")
+        return
+    try:
+        trees = list(_new_yaml().load_all(text))
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = " ".join(str(p) for p in (exc.context, exc.problem) if p) or "invalid YAML"
+        if exc.__class__.__name__ == "DuplicateKeyError":
+            problem = f"duplicate key: {exc.problem}"
+        yield fail(f"YAML syntax error: {problem}", line, col)
+        return
+    except (YAMLError, RecursionError, ValueError) as exc:
+        yield fail(f"YAML error: {exc}")
+        return
+    for tree in trees:
+        if tree is None:
+            continue
+        yield _validate_document(source.path, tree)
+
+
+def _validate_document(path: str, tree: Any) -> tuple[LoadedDocument | None, list[Diagnostic]]:
+    line, col = _node_position(tree)
+    if not isinstance(tree, CommentedMap):
+        return None, [Diagnostic(path, line, col, "", "", "", "a document must be a mapping with apiVersion, kind, metadata")]
+    try:
+        data = _to_plain(tree, [MAX_NODES_PER_DOCUMENT])
+    except _TooLarge as exc:
+        nline, ncol = _node_position(exc.node)
+        return None, [Diagnostic(path, nline, ncol, "", "", "", str(exc))]
+    kind = data.get("kind")
+    metadata = data.get("metadata")
+    name = str(metadata.get("name", "")) if isinstance(metadata, dict) else ""
+    kind_text = kind if isinstance(kind, str) else ""
+    if data.get("apiVersion") != API_VERSION:
+        kline, kcol, _ = locate(tree, ["apiVersion"])
+        return None, [Diagnostic(path, kline, kcol, kind_text, name, "apiVersion",
+                                 f"must be '{API_VERSION}' (got {data.get('apiVersion')!r})")]
+    model_cls = KINDS.get(kind_text)
+    if model_cls is None:
+        kline, kcol, _ = locate(tree, ["kind"])
+        return None, [Diagnostic(path, kline, kcol, kind_text, name, "kind",
+                                 f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")]
+    try:
+        model = model_cls.model_validate(data)
+    except ValidationError as exc:
+        return None, [_diagnostic_from_error(path, tree, kind_text, name, err) for err in exc.errors()]
+    return LoadedDocument(model, path, tree), []
+
+
+def _diagnostic_from_error(path: str, tree: Any, kind: str, name: str, err: Any) -> Diagnostic:
+    loc = tuple(err["loc"])
+    line, col, field_name = locate(tree, loc, missing_leaf=err["type"] == "missing")
+    message = str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if err["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif err["type"] == "missing":
+        message = "required field is missing"
+    elif err["type"] in {"literal_error", "enum"} or "type" in err["type"]:
+        message = f"{message} (got {_short(err.get('input'))})"
+    return Diagnostic(path, line, col, kind, name, field_name, message)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _index(state: DesiredState) -> list[Diagnostic]:
+    """Index documents by kind and name; duplicates are errors naming the first definition."""
+    problems: list[Diagnostic] = []
+    seen: dict[tuple[str, str], LoadedDocument] = {}
+    kept: list[LoadedDocument] = []
+    for doc in state.documents:
+        key = (doc.kind, doc.name)
+        if key in seen:
+            first = seen[key]
+            fline, _, _ = first.locate()
+            line, col, _ = doc.locate(["metadata", "name"])
+            problems.append(Diagnostic(doc.path, line, col, doc.kind, doc.name, "metadata.name",
+                                       f"duplicate {doc.kind} name; first defined at {first.path}:{fline}"))
+            continue
+        if doc.kind == "Settings" and any(d.kind == "Settings" for d in kept):
+            first = next(d for d in kept if d.kind == "Settings")
+            line, col, _ = doc.locate()
+            problems.append(Diagnostic(doc.path, line, col, doc.kind, doc.name, "",
+                                       f"only one Settings document is allowed; first at {first.path}"))
+            continue
+        seen[key] = doc
+        kept.append(doc)
+        model = doc.model
+        if isinstance(model, Provider):
+            state.providers[doc.name] = model
+        elif isinstance(model, ProviderGroup):
+            state.groups[doc.name] = model
+        elif isinstance(model, Campaign):
+            state.campaigns[doc.name] = model
+        elif isinstance(model, Segment):
+            state.segments[doc.name] = model
+        elif isinstance(model, Settings):
+            state.settings = model
+    state.documents = kept
+    return problems

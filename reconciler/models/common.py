@@ -1,0 +1,141 @@
+"""Building blocks shared by every object kind: metadata, secret references, durations, clock times."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema, field_validator
+
+API_VERSION = "herald/v1"
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class StrictModel(BaseModel):
+    """Base for every YAML-facing model: unknown keys are errors, values are not silently coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True, frozen=True)
+
+
+class Metadata(StrictModel):
+    name: str = Field(pattern=NAME_PATTERN, description="Unique per kind; lowercase letters, digits and '-'.")
+    labels: dict[str, str] = Field(default_factory=dict)
+    description: str | None = None
+
+
+class SecretRef(StrictModel):
+    """Where a credential lives. Exactly one of `env` or `file`."""
+
+    env: str | None = Field(default=None, pattern=ENV_NAME_PATTERN, description="Environment variable name.")
+    file: str | None = Field(default=None, description="Path of a file holding the secret (e.g. a mounted secret).")
+
+    @field_validator("file")
+    @classmethod
+    def _file_not_empty(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("file path must not be empty")
+        return value
+
+    def model_post_init(self, __context: Any) -> None:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("secretRef needs exactly one of 'env' or 'file'")
+
+    def describe(self) -> str:
+        return f"env:{self.env}" if self.env else f"file:{self.file}"
+
+
+def _reject_literal_secret(value: Any) -> Any:
+    if isinstance(value, str | int | float):
+        raise ValueError(
+            "literal secrets are not allowed; use {secretRef: {env: NAME}} or {secretRef: {file: PATH}}"
+        )
+    return value
+
+
+class Secret(StrictModel):
+    """A credential given only by reference. `format` wraps the resolved value, e.g. 'Bearer {value}'."""
+
+    secretRef: SecretRef
+    format: str = Field(default="{value}", pattern=r"\{value\}")
+
+
+SecretValue = Annotated[Secret, BeforeValidator(_reject_literal_secret)]
+
+
+_DURATION_PART = re.compile(r"(\d+)(w|d|h|m|s)")
+_DURATION_FULL = re.compile(r"^-?(\d+(w|d|h|m|s))+$")
+_UNIT_SECONDS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+DURATION_PATTERN = r"^-?([0-9]+(w|d|h|m|s))+$"
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse '5m', '2h30m', '30d', '-1d' into a timedelta."""
+    cleaned = text.strip()
+    if not _DURATION_FULL.match(cleaned):
+        raise ValueError(f"invalid duration {text!r}; use e.g. 30s, 5m, 2h30m, 7d, 2w")
+    seconds = sum(int(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(cleaned))
+    return timedelta(seconds=-seconds if cleaned.startswith("-") else seconds)
+
+
+def format_duration(value: timedelta) -> str:
+    total = int(value.total_seconds())
+    sign, total = ("-", -total) if total < 0 else ("", total)
+    parts = []
+    for unit in ("d", "h", "m", "s"):
+        size = _UNIT_SECONDS[unit]
+        if total >= size:
+            parts.append(f"{total // size}{unit}")
+            total %= size
+    return sign + ("".join(parts) or "0s")
+
+
+def _to_duration(value: Any) -> Any:
+    if isinstance(value, str):
+        return parse_duration(value)
+    return value
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(_to_duration),
+    PlainSerializer(format_duration, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "description": "Duration such as 30s, 5m, 2h30m, 7d, 2w"}),
+]
+
+CLOCK_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+ClockTime = Annotated[str, Field(pattern=CLOCK_PATTERN, description="24h clock time HH:MM")]
+
+ISO_COUNTRY_PATTERN = r"^[A-Z]{2}$"
+CountryCode = Annotated[str, Field(pattern=ISO_COUNTRY_PATTERN, description="ISO 3166-1 alpha-2 code")]
+
+
+class DocumentBase(StrictModel):
+    apiVersion: Literal["herald/v1"]
+    metadata: Metadata
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+def minutes_of(clock: str) -> int:
+    hours, minutes = clock.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+def _to_datetime(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ValueError(f"invalid date/time {value!r}; use ISO 8601, e.g. 2026-12-01T10:00:00") from exc
+    return value
+
+
+Timestamp = Annotated[
+    datetime,
+    BeforeValidator(_to_datetime),
+    Field(json_schema_extra={"description": "ISO 8601 date-time; without an offset it is read in the campaign timezone"}),
+]

@@ -1,0 +1,56 @@
+"""`kind: Settings` — global defaults (at most one document)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .campaign import DndWindow
+from .common import DocumentBase, Duration, StrictModel
+
+
+class GlobalFrequencyCap(StrictModel):
+    perDay: int = Field(ge=1, le=1000, description="Messages per user per local day across all campaigns.")
+
+
+class SafetyDefaults(StrictModel):
+    defaultLimit: int | None = Field(default=None, ge=1, description="Safety limit for campaigns that set none.")
+
+
+class AlertSettings(StrictModel):
+    webhookUrl: str | None = Field(default=None, description="Slack-compatible webhook for owner alerts.")
+
+
+class CatchUp(StrictModel):
+    """What to do with scheduled runs missed while the daemon was down."""
+
+    policy: Literal["latest", "all", "skip"] = "latest"
+    maxAge: Duration = Field(default_factory=lambda: __import__("datetime").timedelta(hours=6))
+
+
+class FreezeWindow(StrictModel):
+    cron: str
+    duration: Duration
+    deliveries: Literal["continue", "pause"] = "continue"
+
+
+class PruneGuard(StrictModel):
+    maxShare: float = Field(default=0.5, gt=0, le=1, description="Largest share of active campaigns one commit may remove or pause.")
+
+
+class SettingsSpec(StrictModel):
+    defaultTimezone: str = "UTC"
+    frequencyCap: GlobalFrequencyCap | None = None
+    dnd: DndWindow | None = None
+    safety: SafetyDefaults = Field(default_factory=SafetyDefaults)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    catchUp: CatchUp = Field(default_factory=CatchUp)
+    validity: Duration | None = None
+    freezeWindows: list[FreezeWindow] = Field(default_factory=list)
+    pruneGuard: PruneGuard = Field(default_factory=PruneGuard)
+
+
+class Settings(DocumentBase):
+    kind: Literal["Settings"]
+    spec: SettingsSpec = Field(default_factory=SettingsSpec)
