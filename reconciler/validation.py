@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -12,6 +13,7 @@ from croniter import croniter
 
 from .diagnostics import Diagnostic, Severity
 from .models import Campaign, Provider
+from .models.campaign import TimezoneSpec
 from .models.provider import GenericHttpSpec, Msg91Spec, TwilioSpec, VonageSpec
 from .render import TemplateError, referenced_paths
 
@@ -45,10 +47,10 @@ def _check_groups(state: DesiredState) -> Iterator[Diagnostic]:
         doc = _doc(state, "ProviderGroup", name)
         seen: set[str] = set()
         for index, provider in enumerate(group.spec.providers):
-            if provider not in state.providers:
-                yield _diag(doc, ["spec", "providers", index], f"unknown provider '{provider}'")
             if provider in seen:
                 yield _diag(doc, ["spec", "providers", index], f"provider '{provider}' is listed twice")
+            elif provider not in state.providers:
+                yield _diag(doc, ["spec", "providers", index], f"unknown provider '{provider}'")
             seen.add(provider)
         if group.spec.default:
             if default_seen is not None:
@@ -70,9 +72,9 @@ def _check_providers(state: DesiredState) -> Iterator[Diagnostic]:
     for name, provider in state.providers.items():
         doc = _doc(state, "Provider", name)
         spec = provider.spec
-        if isinstance(spec, TwilioSpec | VonageSpec) and spec.from_ and spec.from_.startswith("+"):
-            if not _valid_number(spec.from_):
-                yield _diag(doc, ["spec", "from"], f"'{spec.from_}' is not a valid E.164 phone number")
+        sender = spec.from_ if isinstance(spec, TwilioSpec | VonageSpec) else None
+        if sender and sender.startswith("+") and not _valid_number(sender):
+            yield _diag(doc, ["spec", "from"], f"'{sender}' is not a valid E.164 phone number")
         if isinstance(spec, GenericHttpSpec):
             yield from _check_generic(doc, spec)
         if spec.pricing:
@@ -143,6 +145,8 @@ def _check_campaigns(state: DesiredState) -> Iterator[Diagnostic]:
             yield _diag(doc, ["spec", "audience", "segment"], f"unknown segment '{spec.audience.segment}'")
         if spec.schedule and spec.schedule.cron and not croniter.is_valid(spec.schedule.cron):
             yield _diag(doc, ["spec", "schedule", "cron"], f"invalid cron expression '{spec.schedule.cron}'")
+        if spec.start and spec.end and _as_utc(spec.end, spec.timezone) <= _as_utc(spec.start, spec.timezone):
+            yield _diag(doc, ["spec", "end"], "end must be after start")
         if spec.timezone and spec.timezone.zone and not _valid_zone(spec.timezone.zone):
             yield _diag(doc, ["spec", "timezone", "zone"], f"unknown time zone '{spec.timezone.zone}'")
         if spec.timezone and spec.timezone.mode == "fixed" and spec.timezone.zone is None:
@@ -184,6 +188,14 @@ def _check_settings(state: DesiredState) -> Iterator[Diagnostic]:
     for index, window in enumerate(spec.freezeWindows):
         if not croniter.is_valid(window.cron):
             yield _diag(doc, ["spec", "freezeWindows", index, "cron"], f"invalid cron expression '{window.cron}'")
+
+
+def _as_utc(moment: datetime, timezone: TimezoneSpec | None) -> datetime:
+    """Naive timestamps are read in the campaign zone (UTC when it has none or it is unknown)."""
+    if moment.tzinfo is not None:
+        return moment
+    zone = timezone.zone if timezone and timezone.zone and _valid_zone(timezone.zone) else "UTC"
+    return moment.replace(tzinfo=ZoneInfo(zone))
 
 
 def _valid_zone(zone: str) -> bool:

@@ -193,17 +193,7 @@ class CampaignSpec(StrictModel):
                 raise ValueError("a live campaign needs 'trigger'")
             if self.schedule is not None:
                 raise ValueError("a live campaign takes no 'schedule' (that is for past_behavior campaigns)")
-        if self.start and self.end and _comparable(self.end) <= _comparable(self.start):
-            raise ValueError("end must be after start")
         return self
-
-
-def _comparable(value: object) -> object:
-    from datetime import UTC, datetime
-
-    if isinstance(value, datetime) and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
 
 
 class Campaign(DocumentBase):
