@@ -1,0 +1,309 @@
+"""Provider groups: route by country, fail over in priority order, retry with backoff, break circuits.
+
+For each group the router walks the providers in order. At one provider a message (or batch) is
+retried while the error is retryable (timeouts, connection errors, 429, 5xx), waiting an exponential
+backoff with jitter, never less than the provider's Retry-After. When the provider stays unhealthy,
+or refuses for an account reason (auth, suspended sender), the pending messages move to the next
+provider. A message-level refusal (invalid number, missing template) ends that message: another
+provider would refuse it too. Each provider has a circuit breaker: after `failureThreshold`
+consecutive failed requests it is skipped until `cooldownSeconds` have passed on the Clock, then a
+single probe request decides whether it closes again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+import httpx
+import phonenumbers
+
+from ..clock import Clock, SystemClock
+from ..config import RuntimeConfig
+from ..loading import DesiredState
+from ..models import ProviderGroup
+from ..models.group import CircuitBreaker
+from ..secrets import SecretError, redact
+from .base import (
+    OutboundMessage,
+    Outcome,
+    ProviderAdapter,
+    ProviderConfigError,
+    ProviderError,
+    SendResult,
+    result_from,
+)
+from .registry import build_adapter, default_client
+
+SleepFn = Callable[[float], Awaitable[None]]
+BreakerState = Literal["closed", "open", "half-open"]
+
+
+class RoutingError(ValueError):
+    """No group can take this number (invalid number, unknown group, no default group)."""
+
+
+class InvalidNumber(RoutingError):
+    pass
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts_per_provider: int = 3
+    max_total_attempts: int = 8
+    base_delay: float = 0.25
+    max_delay: float = 10.0
+    max_retry_after: float = 30.0  # a longer Retry-After moves on to the next provider instead of waiting
+
+    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        """Backoff before retry number `attempt` (1-based): exponential with 50-100% jitter."""
+        backoff = min(self.max_delay, self.base_delay * 2 ** (attempt - 1)) * (0.5 + rng.random() / 2)
+        return max(backoff, retry_after or 0.0)
+
+
+@dataclass
+class CircuitBreakerState:
+    consecutive_failures: int = 0
+    opened_at: datetime | None = None
+    probing: bool = False
+
+    def state(self, now: datetime, settings: CircuitBreaker) -> BreakerState:
+        if self.opened_at is None:
+            return "closed"
+        if now - self.opened_at >= timedelta(seconds=settings.cooldownSeconds):
+            return "half-open"
+        return "open"
+
+    def acquire(self, now: datetime, settings: CircuitBreaker) -> bool:
+        """May a request go out now? In half-open state only one probe at a time."""
+        state = self.state(now, settings)
+        if state == "closed":
+            return True
+        if state == "half-open" and not self.probing:
+            self.probing = True
+            return True
+        return False
+
+    def record(self, success: bool, now: datetime, settings: CircuitBreaker) -> None:
+        self.probing = False
+        if success:
+            self.consecutive_failures, self.opened_at = 0, None
+            return
+        self.consecutive_failures += 1
+        if self.opened_at is not None or self.consecutive_failures >= settings.failureThreshold:
+            self.opened_at = now  # (re)open: a failed probe starts a new cooldown
+
+
+@dataclass
+class _Pending:
+    message: OutboundMessage
+    attempts: int = 0
+    last_error: ProviderError | None = None
+    last_provider: str | None = None
+
+
+@dataclass
+class _Tally:
+    results: dict[str, SendResult] = field(default_factory=dict)
+
+
+def parse_number(number: str) -> phonenumbers.PhoneNumber:
+    """A valid E.164 number, or InvalidNumber."""
+    if not number.startswith("+"):
+        raise InvalidNumber(f"'{number}' is not in E.164 format (+ and country code)")
+    try:
+        parsed = phonenumbers.parse(number, None)
+    except phonenumbers.NumberParseException as exc:
+        raise InvalidNumber(f"'{number}' is not a phone number: {exc}") from None
+    if not phonenumbers.is_valid_number(parsed):
+        raise InvalidNumber(f"'{number}' is not a valid phone number")
+    if phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164) != number:
+        raise InvalidNumber(f"'{number}' is not in canonical E.164 form")
+    return parsed
+
+
+class GroupRouter:
+    """Sends through the provider groups of one desired state. Use as an async context manager or
+    call aclose(); the shared httpx client is closed only if the router created it."""
+
+    def __init__(self, state: DesiredState, config: RuntimeConfig | None = None, clock: Clock | None = None,
+                 *, client: httpx.AsyncClient | None = None, sleep: SleepFn = asyncio.sleep,
+                 rng: random.Random | None = None, retry: RetryPolicy | None = None,
+                 max_concurrency: int = 64, environ: dict[str, str] | None = None) -> None:
+        self.state = state
+        self.config = config or RuntimeConfig()
+        self.clock: Clock = clock or SystemClock()
+        self._own_client = client is None
+        self.client = client or default_client(max_connections=max_concurrency)
+        self.sleep = sleep
+        self.rng = rng or random.Random()
+        self.retry = retry or RetryPolicy()
+        self.environ = environ
+        self._semaphore = asyncio.Semaphore(max_concurrency)
+        self._adapters: dict[str, ProviderAdapter | ProviderError] = {}
+        self._breakers: dict[str, CircuitBreakerState] = {}
+        self._country_group = {c: g for g in state.groups.values() for c in g.spec.countries}
+
+    async def __aenter__(self) -> GroupRouter:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._own_client:
+            await self.client.aclose()
+
+    # -- routing -------------------------------------------------------------------------
+
+    def group_for(self, number: str, group: str | None = None) -> ProviderGroup:
+        """The group for this number: the requested one, else its country's, else the default."""
+        parsed = parse_number(number)
+        if group is not None:
+            if group not in self.state.groups:
+                raise RoutingError(f"unknown provider group '{group}'")
+            return self.state.groups[group]
+        region = phonenumbers.region_code_for_number(parsed)
+        chosen = (self._country_group.get(region) if region else None) or self.state.default_group()
+        if chosen is None:
+            raise RoutingError(f"no group routes {region or 'this country'} and no group is marked default")
+        return chosen
+
+    def adapter(self, provider_name: str) -> ProviderAdapter | ProviderError:
+        """The provider's adapter (built once), or the configuration error that prevents it."""
+        if provider_name not in self._adapters:
+            provider = self.state.providers.get(provider_name)
+            built: ProviderAdapter | ProviderError
+            if provider is None:
+                built = ProviderError(f"unknown provider '{provider_name}'", retryable=False, scope="provider")
+            else:
+                try:
+                    built = build_adapter(provider, self.client, self.config, self.environ)
+                except (SecretError, ProviderConfigError) as exc:
+                    built = ProviderError(f"provider {provider_name} is misconfigured: {exc}",
+                                          retryable=False, scope="provider")
+            self._adapters[provider_name] = built
+        return self._adapters[provider_name]
+
+    def breaker(self, provider_name: str) -> CircuitBreakerState:
+        return self._breakers.setdefault(provider_name, CircuitBreakerState())
+
+    def breaker_state(self, provider_name: str, group: str | None = None) -> BreakerState:
+        settings = self._settings(group)
+        return self.breaker(provider_name).state(self.clock.now(), settings)
+
+    def _settings(self, group: str | None) -> CircuitBreaker:
+        if group and group in self.state.groups:
+            return self.state.groups[group].spec.circuitBreaker
+        return CircuitBreaker()
+
+    # -- sending -------------------------------------------------------------------------
+
+    async def send(self, messages: Sequence[OutboundMessage], group: str | None = None) -> list[SendResult]:
+        """Send each message through its group (or `group`); one SendResult per message, in order."""
+        tally = _Tally()
+        by_group: dict[str, list[_Pending]] = {}
+        for message in messages:
+            try:
+                chosen = self.group_for(message.to, group)
+            except RoutingError as exc:
+                tally.results[message.message_id] = result_from(
+                    None, message, ProviderError(str(exc), retryable=False, scope="message"), attempts=0)
+                continue
+            by_group.setdefault(chosen.name, []).append(_Pending(message))
+        await asyncio.gather(*(self._send_group(self.state.groups[name], pending, tally)
+                               for name, pending in by_group.items()))
+        return [tally.results[m.message_id] for m in messages]
+
+    async def send_via(self, provider_name: str, messages: Sequence[OutboundMessage]) -> list[SendResult]:
+        """Send through one named provider (test-send --provider): retries, but no failover."""
+        tally = _Tally()
+        pending: list[_Pending] = []
+        for message in messages:
+            try:
+                parse_number(message.to)
+            except InvalidNumber as exc:
+                tally.results[message.message_id] = result_from(
+                    None, message, ProviderError(str(exc), retryable=False, scope="message"), attempts=0)
+                continue
+            pending.append(_Pending(message))
+        left = await self._send_provider(provider_name, CircuitBreaker(), pending, tally, respect_breaker=False)
+        self._finish(left, tally)
+        return [tally.results[m.message_id] for m in messages]
+
+    async def _send_group(self, group: ProviderGroup, pending: list[_Pending], tally: _Tally) -> None:
+        settings = group.spec.circuitBreaker
+        for provider_name in group.spec.providers:
+            if not pending:
+                return
+            pending = await self._send_provider(provider_name, settings, pending, tally)
+        self._finish(pending, tally)
+
+    def _finish(self, pending: list[_Pending], tally: _Tally) -> None:
+        for item in pending:
+            error = item.last_error or ProviderError("no provider available (all circuits open)",
+                                                     retryable=True, scope="provider")
+            tally.results[item.message.message_id] = result_from(item.last_provider, item.message, error,
+                                                                 item.attempts)
+
+    async def _send_provider(self, provider_name: str, settings: CircuitBreaker, pending: list[_Pending],
+                             tally: _Tally, respect_breaker: bool = True) -> list[_Pending]:
+        """Try one provider for every pending message; return those that should move on."""
+        adapter = self.adapter(provider_name)
+        if isinstance(adapter, ProviderError):
+            for item in pending:
+                item.last_error, item.last_provider = adapter, provider_name
+            return pending
+        chunks = [pending[i:i + adapter.max_batch] for i in range(0, len(pending), adapter.max_batch)]
+        leftovers = await asyncio.gather(*(self._send_chunk(adapter, settings, chunk, tally, respect_breaker)
+                                           for chunk in chunks))
+        return [item for chunk in leftovers for item in chunk]
+
+    async def _send_chunk(self, adapter: ProviderAdapter, settings: CircuitBreaker, chunk: list[_Pending],
+                          tally: _Tally, respect_breaker: bool) -> list[_Pending]:
+        breaker = self.breaker(adapter.name)
+        for attempt in range(1, self.retry.attempts_per_provider + 1):
+            chunk = [p for p in chunk if p.attempts < self.retry.max_total_attempts]
+            if not chunk:
+                return []
+            if respect_breaker and not breaker.acquire(self.clock.now(), settings):
+                return chunk
+            async with self._semaphore:
+                outcomes = await adapter.submit([p.message for p in chunk])
+            retry_later = self._settle(adapter.name, chunk, outcomes, tally)
+            healthy = any(not isinstance(o, ProviderError) or o.scope == "message" for o in outcomes)
+            breaker.record(healthy, self.clock.now(), settings)
+            chunk = [p for p in chunk if p in retry_later]
+            retryable = [p for p in chunk if p.last_error is not None and p.last_error.retryable]
+            if len(retryable) != len(chunk) or attempt == self.retry.attempts_per_provider:
+                return chunk  # account-level refusals (or attempts used up) move on now
+            retry_after = max((p.last_error.retry_after or 0.0 for p in retryable if p.last_error), default=0.0)
+            if retry_after > self.retry.max_retry_after:
+                return chunk
+            await self.sleep(self.retry.delay(attempt, retry_after, self.rng))
+        return chunk
+
+    def _settle(self, provider: str, chunk: list[_Pending], outcomes: list[Outcome],
+                tally: _Tally) -> list[_Pending]:
+        """Record final results; return the messages that may still be sent (here or elsewhere)."""
+        again: list[_Pending] = []
+        for item, outcome in zip(chunk, outcomes, strict=True):
+            item.attempts += 1
+            item.last_provider = provider
+            if isinstance(outcome, ProviderError) and (outcome.scope == "provider" or outcome.retryable):
+                item.last_error = outcome
+                again.append(item)
+            else:
+                tally.results[item.message.message_id] = result_from(provider, item.message, outcome,
+                                                                     item.attempts)
+        return again
+
+
+def describe_result(result: SendResult) -> str:
+    if result.status == "sent":
+        return f"sent via {result.provider} (id {result.provider_message_id or '-'}, {result.attempts} attempts)"
+    return redact(f"failed via {result.provider or '-'}: {result.error}")
