@@ -72,5 +72,11 @@ def schema(out: Path, check: bool) -> None:
         click.echo(f"wrote {path}")
 
 
+from .cli_providers import mock_provider, test_send  # noqa: E402
+
+main.add_command(test_send)
+main.add_command(mock_provider)
+
+
 if __name__ == "__main__":
     main()
