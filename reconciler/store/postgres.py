@@ -1,0 +1,118 @@
+"""PostgreSQL backend (psycopg 3 + psycopg_pool): several daemons share one database.
+
+Claims use `SELECT ... FOR UPDATE SKIP LOCKED`, so concurrent workers in any number of processes
+never receive the same row; the applied-state row is locked `FOR UPDATE` while an apply runs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from ..clock import Clock
+from ._sql import SqlStateStore, canonical_json, utc
+from .base import StoreError
+from .migrations import migrate_postgres
+
+DEFAULT_MAX_CONNECTIONS = 8
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+
+@lru_cache(maxsize=512)
+def _pg_sql(sql: str) -> str:
+    if "%" in sql:
+        raise ValueError("shared SQL must not contain '%'; pass patterns as parameters")
+    return sql.replace("?", "%s")
+
+
+def safe_dsn(dsn: str) -> str:
+    """The DSN with any password removed, for error messages."""
+    without_userinfo_password = re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", dsn)
+    return re.sub(r"(password=)[^&\s]+", r"\1***", without_userinfo_password)
+
+
+class _PgTx:
+    def __init__(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
+        self._conn = conn
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        cur = self._conn.execute(_pg_sql(sql), tuple(params))
+        return cur.fetchall() if cur.description else []
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        return self._conn.execute(_pg_sql(sql), tuple(params)).fetchone()
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self._conn.execute(_pg_sql(sql), tuple(params)).rowcount
+
+    def many(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
+        with self._conn.cursor() as cur:
+            cur.executemany(_pg_sql(sql), [tuple(p) for p in seq])
+            return cur.rowcount
+
+
+class PostgresStateStore(SqlStateStore):
+    dialect = "postgres"
+    claim_lock = " FOR UPDATE OF o SKIP LOCKED"
+    row_lock = " FOR UPDATE"
+
+    def __init__(self, dsn: str, *, clock: Clock | None = None,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+        super().__init__(clock)
+        self.dsn = dsn
+        self._pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] = ConnectionPool(
+            dsn, min_size=1, max_size=max_connections, open=False,
+            kwargs={"row_factory": dict_row, "autocommit": True},
+            name="herald-state",
+        )
+        try:
+            self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS)
+        except PoolTimeout as exc:
+            self._pool.close()
+            raise StoreError(f"cannot connect to PostgreSQL at {safe_dsn(dsn)}") from exc
+        with self._pool.connection() as conn:
+            migrate_postgres(conn)
+
+    @contextmanager
+    def _transaction(self, write: bool) -> Iterator[_PgTx]:
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                yield _PgTx(conn)
+        except psycopg.errors.IntegrityError as exc:
+            raise StoreError(f"state store integrity error: {exc}") from exc
+        except psycopg.OperationalError as exc:
+            raise StoreError(f"state store error ({safe_dsn(self.dsn)}): {exc}") from exc
+
+    def schema_version(self) -> int:
+        with self._transaction(write=False) as tx:
+            row = tx.one("SELECT max(version) AS v FROM schema_migrations")
+        return int(row["v"]) if row and row["v"] is not None else 0
+
+    def close(self) -> None:
+        self._pool.close()
+
+    # -- conversions
+    def _ts(self, value: datetime | None) -> Any:
+        return None if value is None else utc(value)
+
+    def _dt(self, value: Any) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return datetime.fromisoformat(value).astimezone(UTC)
+        return value.astimezone(UTC)
+
+    def _js(self, value: Any) -> Any:
+        return Jsonb(value, dumps=canonical_json)
+
+    def _obj(self, value: Any) -> Any:
+        return value
