@@ -1,0 +1,204 @@
+"""Load users and events from JSONL or CSV files into the audience store.
+
+Files are read row by row and written in batches, so memory stays bounded whatever the file size.
+A bad row never stops the load and is never dropped silently: it is reported with its line number.
+
+CSV: the header names the columns. Built-in columns (id, phone, timezone, country, created_at,
+opted_out/subscribed for users; user_id, name, ts for events) are read as text; `properties` may
+hold a JSON object; any other column (a `properties.` prefix is stripped) becomes a property whose
+value is inferred: true/false, integers, decimals, JSON objects/arrays, otherwise text. Empty cells
+are absent.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+from .records import EVENT_FIELDS, USER_FIELDS, RecordError, parse_event, parse_user
+from .store import AudienceStore
+
+Kind = Literal["users", "events"]
+Format = Literal["jsonl", "csv"]
+DEFAULT_BATCH_SIZE = 5000
+MAX_KEPT_ERRORS = 1000
+MAX_LINE_BYTES = 1_048_576
+_INT = re.compile(r"^-?(0|[1-9][0-9]{0,17})$")
+_DECIMAL = re.compile(r"^-?(0|[1-9][0-9]*)\.[0-9]+$")
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes kept by errors="surrogateescape"
+NOT_UTF8 = "row is not valid UTF-8"
+
+csv.field_size_limit(MAX_LINE_BYTES)
+
+
+@dataclass(frozen=True)
+class RowError:
+    line: int
+    message: str
+
+
+@dataclass
+class IngestReport:
+    kind: Kind
+    rows: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    invalid_phones: int = 0
+    errors: list[RowError] = field(default_factory=list)  # the first MAX_KEPT_ERRORS
+
+    def reject(self, line: int, message: str) -> None:
+        self.rejected += 1
+        if len(self.errors) < MAX_KEPT_ERRORS:
+            self.errors.append(RowError(line, message))
+
+
+def detect_format(path: str | Path, given: str | None = None) -> Format:
+    if given in ("jsonl", "csv"):
+        return given  # type: ignore[return-value]
+    return "csv" if str(path).lower().endswith(".csv") else "jsonl"
+
+
+def infer_cell(text: str) -> Any:
+    """A CSV cell's value for a property column."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if _INT.match(text):
+        return int(text)
+    if _DECIMAL.match(text):
+        return float(text)
+    if text[:1] in "{[":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+    return text
+
+
+def read_jsonl(handle: TextIO) -> Iterator[tuple[int, Any]]:
+    """(line number, decoded object or RecordError) for each non-blank line."""
+    for number, line in enumerate(handle, start=1):
+        if not line.strip():
+            continue
+        if len(line) > MAX_LINE_BYTES:
+            yield number, RecordError(f"line is longer than {MAX_LINE_BYTES} bytes")
+            continue
+        if _UNDECODABLE.search(line):
+            yield number, RecordError(NOT_UTF8)
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, RecordError(f"invalid JSON: {exc.msg} at column {exc.colno}")
+
+
+def read_csv(handle: TextIO, kind: Kind) -> Iterator[tuple[int, Any]]:
+    builtins = set(USER_FIELDS if kind == "users" else EVENT_FIELDS) - {"properties"}
+    reader = csv.reader(handle)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as exc:
+        yield 1, RecordError(f"unreadable CSV header: {exc}")
+        return
+    columns = [name.strip() for name in header]
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield reader.line_num, RecordError(f"unreadable CSV row: {exc}")
+            continue
+        line = reader.line_num
+        if not any(cell.strip() for cell in cells):
+            continue
+        if any(_UNDECODABLE.search(cell) for cell in cells):
+            yield line, RecordError(NOT_UTF8)
+            continue
+        if len(cells) != len(columns):
+            yield line, RecordError(f"expected {len(columns)} cells, found {len(cells)}")
+            continue
+        yield line, _csv_object(columns, cells, builtins)
+
+
+def _csv_object(columns: list[str], cells: list[str], builtins: set[str]) -> Any:
+    obj: dict[str, Any] = {}
+    properties: dict[str, Any] = {}
+    for column, cell in zip(columns, cells, strict=True):
+        if cell == "":
+            continue
+        if column in builtins:
+            obj[column] = cell
+        elif column == "properties":
+            try:
+                given = json.loads(cell)
+            except json.JSONDecodeError:
+                return RecordError("the properties cell is not a JSON object")
+            if not isinstance(given, dict):
+                return RecordError("the properties cell is not a JSON object")
+            properties.update(given)
+        else:
+            properties[column.removeprefix("properties.")] = infer_cell(cell)
+    obj["properties"] = properties
+    return obj
+
+
+def read_rows(path: str | Path, kind: Kind, fmt: Format, handle: TextIO) -> Iterator[tuple[int, Any]]:
+    return read_csv(handle, kind) if fmt == "csv" else read_jsonl(handle)
+
+
+Progress = Callable[[IngestReport], None]
+
+
+def ingest_stream(store: AudienceStore, rows: Iterator[tuple[int, Any]], kind: Kind, *, now: datetime,
+                  batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None) -> IngestReport:
+    """Validate rows and write them in batches; `now` is created_at for users that state none."""
+    report = IngestReport(kind)
+    batch: list[Any] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        if kind == "users":
+            store.upsert_users(batch, now=now)
+        else:
+            store.insert_events(batch)
+        report.accepted += len(batch)
+        batch.clear()
+        if progress is not None:
+            progress(report)
+
+    for line, obj in rows:
+        report.rows += 1
+        if isinstance(obj, RecordError):
+            report.reject(line, str(obj))
+            continue
+        try:
+            record = parse_user(obj) if kind == "users" else parse_event(obj)
+        except RecordError as exc:
+            report.reject(line, str(exc))
+            continue
+        if kind == "users" and getattr(record, "phone_valid", None) is False:
+            report.invalid_phones += 1
+        batch.append(record)
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    return report
+
+
+def ingest_file(store: AudienceStore, path: str | Path, kind: Kind, *, now: datetime, fmt: str | None = None,
+                batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None) -> IngestReport:
+    chosen = detect_format(path, fmt)
+    with open(path, encoding="utf-8-sig", errors="surrogateescape",
+              newline="" if chosen == "csv" else None) as handle:
+        return ingest_stream(store, read_rows(path, kind, chosen, handle), kind, now=now,
+                             batch_size=batch_size, progress=progress)

@@ -1,0 +1,209 @@
+"""Users, events and audience members: the records that flow into and out of the audience store.
+
+Parsing is shared by file ingest (JSONL/CSV) and the live HTTP endpoints, so a record means the same
+thing whichever way it arrives. Bad input raises RecordError with a message fit to show the sender.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import phonenumbers
+
+MAX_ID_LENGTH = 256
+MAX_EVENT_NAME_LENGTH = 200
+MAX_PROPERTIES_BYTES = 65_536
+USER_FIELDS = ("id", "phone", "timezone", "country", "created_at", "opted_out", "subscribed", "properties")
+EVENT_FIELDS = ("user_id", "name", "ts", "properties")
+_COUNTRY = re.compile(r"^[A-Z]{2}$")
+
+
+class RecordError(ValueError):
+    """One input record is unusable; the message says why (never includes secrets)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """A user as given by one input record. None means "not given": an upsert keeps the stored value.
+
+    `properties` is a patch: keys given replace stored ones, a None value removes the key.
+    """
+
+    id: str
+    phone: str | None = None
+    phone_valid: bool | None = None
+    timezone: str | None = None
+    country: str | None = None
+    created_at: datetime | None = None
+    opted_out: bool | None = None
+    properties: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    user_id: str
+    name: str
+    ts: datetime
+    properties: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A selected user, as the scheduler, renderer and router need it."""
+
+    user_id: str
+    phone: str
+    timezone: str | None
+    country: str | None
+    properties: dict[str, Any]
+    created_at: datetime | None = None
+    reachable: bool = True  # False only from get_user(): opted out or no valid phone
+
+
+def parse_user(obj: Any) -> UserRecord:
+    """Validate one user object. Unknown top-level keys become properties."""
+    if not isinstance(obj, Mapping):
+        raise RecordError("a user must be a JSON object")
+    user_id = _identifier(obj.get("id"), "id")
+    country = _country(obj.get("country"))
+    phone, phone_valid, phone_country = _phone(obj.get("phone"), country)
+    return UserRecord(
+        id=user_id,
+        phone=phone,
+        phone_valid=phone_valid,
+        timezone=_timezone(obj.get("timezone")),
+        country=country or phone_country,
+        created_at=_optional_timestamp(obj.get("created_at"), "created_at"),
+        opted_out=_opted_out(obj),
+        properties=_properties(obj, USER_FIELDS),
+    )
+
+
+def parse_event(obj: Any, *, now: datetime | None = None) -> EventRecord:
+    """Validate one event object; `ts` defaults to `now` when given (live ingest), else it is required."""
+    if not isinstance(obj, Mapping):
+        raise RecordError("an event must be a JSON object")
+    user_id = _identifier(obj.get("user_id"), "user_id")
+    name = obj.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise RecordError("'name' is required and must be a non-empty string")
+    if len(name) > MAX_EVENT_NAME_LENGTH:
+        raise RecordError(f"'name' is longer than {MAX_EVENT_NAME_LENGTH} characters")
+    ts = _optional_timestamp(obj.get("ts"), "ts")
+    if ts is None:
+        if now is None:
+            raise RecordError("'ts' is required (ISO 8601 timestamp)")
+        ts = now
+    return EventRecord(user_id=user_id, name=name, ts=ts, properties=_properties(obj, EVENT_FIELDS))
+
+
+def _identifier(value: Any, key: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise RecordError(f"'{key}' is required and must be a string")
+    text = str(value).strip()
+    if not text:
+        raise RecordError(f"'{key}' must not be empty")
+    if len(text) > MAX_ID_LENGTH:
+        raise RecordError(f"'{key}' is longer than {MAX_ID_LENGTH} characters")
+    return text
+
+
+def _country(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not _COUNTRY.match(value.strip().upper()):
+        raise RecordError(f"'country' must be an ISO 3166 alpha-2 code such as US (got {_short(value)})")
+    return value.strip().upper()
+
+
+def _phone(value: Any, country: str | None) -> tuple[str | None, bool | None, str | None]:
+    """E.164 when valid; an invalid number is kept as given but flagged so it is never selected."""
+    if value is None or value == "":
+        return None, None, None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise RecordError("'phone' must be a string")
+    raw = str(value).strip()
+    try:
+        parsed = phonenumbers.parse(raw, country)
+    except phonenumbers.NumberParseException:
+        return raw, False, None
+    if not phonenumbers.is_valid_number(parsed):
+        return raw, False, None
+    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return e164, True, phonenumbers.region_code_for_number(parsed)
+
+
+def _timezone(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise RecordError("'timezone' must be an IANA zone name such as Europe/Paris")
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise RecordError(f"unknown time zone {_short(value)}") from None
+    return value
+
+
+def parse_timestamp(value: Any) -> datetime:
+    """ISO 8601 (an offset-less value is UTC) or epoch seconds."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            moment = datetime.fromtimestamp(float(value), UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ValueError(f"epoch seconds out of range: {value}") from None
+    elif isinstance(value, str):
+        moment = datetime.fromisoformat(value.strip())
+    else:
+        raise ValueError("expected an ISO 8601 timestamp")
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _optional_timestamp(value: Any, key: str) -> datetime | None:
+    if value is None or value == "":
+        return None
+    try:
+        return parse_timestamp(value)
+    except ValueError:
+        raise RecordError(f"'{key}' is not an ISO 8601 timestamp (got {_short(value)})") from None
+
+
+def _opted_out(obj: Mapping[str, Any]) -> bool | None:
+    for key, invert in (("opted_out", False), ("subscribed", True)):
+        value = obj.get(key)
+        if value is None or value == "":
+            continue
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        if not isinstance(value, bool):
+            raise RecordError(f"'{key}' must be true or false (got {_short(value)})")
+        return (not value) if invert else value
+    return None
+
+
+def _properties(obj: Mapping[str, Any], reserved: tuple[str, ...]) -> dict[str, Any]:
+    given = obj.get("properties")
+    if given is not None and not isinstance(given, Mapping):
+        raise RecordError("'properties' must be a JSON object")
+    props = {str(k): v for k, v in obj.items() if k not in reserved}
+    props.update({str(k): v for k, v in (given or {}).items()})
+    try:
+        size = len(json.dumps(props, ensure_ascii=False, allow_nan=False))
+    except (TypeError, ValueError):
+        raise RecordError("properties must be plain JSON values (no NaN or Infinity)") from None
+    if size > MAX_PROPERTIES_BYTES:
+        raise RecordError(f"properties take {size} bytes; the limit is {MAX_PROPERTIES_BYTES}")
+    return props
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -1,0 +1,249 @@
+"""The audience store: users and events, queried with compiled segment rules.
+
+Two engines share this logic and differ only in connections, bulk loading and a few SQL functions:
+DuckDB (embedded default, columnar — fast analytical segment queries on one machine) and PostgreSQL
+(production, shared by several daemons). Open one with `open_audience_store(url)`.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Literal
+
+from ..models.segment import PropertyPredicate
+from .compiler import MEMBER_COLUMNS, Compiler, Dialect, Fragment, Rule, frag, param, wrap
+from .records import EventRecord, Member, UserRecord
+
+Order = Literal["id", "random", "created"]
+DEFAULT_BATCH = 1000
+
+
+class AudienceStoreError(RuntimeError):
+    """The store cannot be opened or used (locked file, unreachable database, bad URL)."""
+
+
+@dataclass(frozen=True)
+class ReachSample:
+    """Keep only users whose per-(campaign, user) hash falls under `percent` (stable across runs)."""
+
+    campaign: str
+    percent: float
+
+
+@dataclass(frozen=True)
+class AudienceQuery:
+    rules: Rule | None
+    now: datetime
+    sample: ReachSample | None = None
+    order: Order = "id"
+    seed: int | None = None
+    limit: int | None = None
+    user_id: str | None = None
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    users: int
+    reachable: int
+    opted_out: int
+    invalid_phone: int
+    events: int
+
+
+def merge_user_records(records: Iterable[UserRecord]) -> list[UserRecord]:
+    """Collapse repeated ids in one batch: later values win, property patches accumulate."""
+    merged: dict[str, UserRecord] = {}
+    for record in records:
+        earlier = merged.get(record.id)
+        if earlier is None:
+            merged[record.id] = record
+            continue
+        given = {name: getattr(record, name) for name in ("phone", "phone_valid", "timezone", "country",
+                                                          "created_at", "opted_out")
+                 if getattr(record, name) is not None}
+        merged[record.id] = replace(earlier, **given, properties={**earlier.properties, **record.properties})
+    return list(merged.values())
+
+
+class AudienceStore(ABC):
+    """Users and events. Thread-safe; streams (iter_members) may run alongside other calls."""
+
+    dialect: Dialect
+
+    def __init__(self) -> None:
+        self.compiler = Compiler(self.dialect)
+
+    # -- engine specifics ---------------------------------------------------------------
+    @abstractmethod
+    def _fetchall(self, query: Fragment) -> list[tuple[Any, ...]]: ...
+
+    @abstractmethod
+    def _stream(self, query: Fragment, batch_size: int) -> Iterator[list[tuple[Any, ...]]]: ...
+
+    @abstractmethod
+    def _merge_users(self, records: Sequence[UserRecord], now: datetime) -> None: ...
+
+    @abstractmethod
+    def _append_events(self, records: Sequence[EventRecord]) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def _decode_properties(self, value: Any) -> dict[str, Any]:
+        if isinstance(value, str):
+            decoded = json.loads(value)
+            return decoded if isinstance(decoded, dict) else {}
+        return value if isinstance(value, dict) else {}
+
+    def __enter__(self) -> AudienceStore:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- writes -------------------------------------------------------------------------
+    def upsert_users(self, records: Iterable[UserRecord], *, now: datetime) -> int:
+        """Insert new users, update given fields of known ones (property patch: null removes a key).
+
+        `now` is the created_at of new users that do not state one.
+        """
+        batch = merge_user_records(records)
+        if batch:
+            self._merge_users(batch, now)
+        return len(batch)
+
+    def insert_events(self, records: Iterable[EventRecord]) -> int:
+        batch = list(records)
+        if batch:
+            self._append_events(batch)
+        return len(batch)
+
+    # -- audience queries ---------------------------------------------------------------
+    def _where(self, query: AudienceQuery) -> Fragment:
+        condition = self.compiler.audience_where(query.rules, query.now)
+        if query.sample is not None and query.sample.percent < 100:
+            from .semantics import reach_threshold
+
+            condition = wrap("{} AND {} < {}", condition, self.compiler.reach_bucket(query.sample.campaign),
+                             param(reach_threshold(query.sample.percent)))
+        if query.user_id is not None:
+            condition = wrap("{} AND u.id = {}", condition, param(query.user_id))
+        return condition
+
+    def count(self, rules: Rule | None, now: datetime) -> int:
+        """Users that qualify (reachable: subscribed, valid phone) for `rules` at `now`."""
+        return self.count_query(AudienceQuery(rules, now))
+
+    def count_query(self, query: AudienceQuery) -> int:
+        rows = self._fetchall(wrap("SELECT count(*) FROM users u WHERE {}", self._where(query)))
+        return int(rows[0][0])
+
+    def reach_counts(self, rules: Rule | None, now: datetime, sample: ReachSample | None) -> tuple[int, int]:
+        """(qualifying users, of those in the reach sample) in one pass."""
+        where = self._where(AudienceQuery(rules, now))
+        if sample is None or sample.percent >= 100:
+            total = int(self._fetchall(wrap("SELECT count(*) FROM users u WHERE {}", where))[0][0])
+            return total, total
+        from .semantics import reach_threshold
+
+        bucket = self.compiler.reach_bucket(sample.campaign)
+        query = wrap("SELECT count(*), count(*) FILTER (WHERE {} < {}) FROM users u WHERE {}",
+                     bucket, param(reach_threshold(sample.percent)), where)
+        total, sampled = self._fetchall(query)[0]
+        return int(total), int(sampled or 0)
+
+    def _order(self, query: AudienceQuery) -> Fragment:
+        by_id = self.dialect.byte_order(Fragment("u.id"))
+        if query.order == "random":
+            if query.seed is None:
+                raise ValueError("a random order needs a seed")
+            return wrap("{}, {}", self.compiler.subset_order(query.seed), by_id)
+        if query.order == "created":
+            return wrap("u.created_at NULLS LAST, {}", by_id)
+        return by_id
+
+    def member_query(self, query: AudienceQuery) -> Fragment:
+        sql = wrap(f"SELECT {MEMBER_COLUMNS} FROM users u WHERE {{}} ORDER BY {{}}", self._where(query),
+                   self._order(query))
+        if query.limit is not None:
+            sql = wrap("{} LIMIT {}", sql, param(max(0, query.limit)))
+        return sql
+
+    def iter_members(self, rules: Rule | None, now: datetime, *, batch_size: int = DEFAULT_BATCH
+                     ) -> Iterator[list[Member]]:
+        """Stream qualifying users in batches (ordered by id); memory stays bounded by batch_size."""
+        return self.iter_query(AudienceQuery(rules, now), batch_size=batch_size)
+
+    def iter_query(self, query: AudienceQuery, *, batch_size: int = DEFAULT_BATCH) -> Iterator[list[Member]]:
+        if query.limit is not None and query.limit <= 0:
+            return
+        for rows in self._stream(self.member_query(query), batch_size):
+            yield [self._member(row) for row in rows]
+
+    def _member(self, row: tuple[Any, ...], reachable: bool = True) -> Member:
+        user_id, phone, timezone, country, properties, created_at = row[:6]
+        return Member(user_id=user_id, phone=phone or "", timezone=timezone, country=country,
+                      properties=self._decode_properties(properties), created_at=created_at,
+                      reachable=reachable)
+
+    def user_qualifies(self, rules: Rule | None, user_id: str, now: datetime,
+                       sample: ReachSample | None = None) -> bool:
+        """Is one user (reachable and in the reach sample) in the audience? For live triggers."""
+        return self.count_query(AudienceQuery(rules, now, sample=sample, user_id=user_id)) > 0
+
+    def get_user(self, user_id: str) -> Member | None:
+        rows = self._fetchall(frag(f"SELECT {MEMBER_COLUMNS}, (u.opted_out = FALSE AND u.phone_valid = TRUE) "
+                                   "FROM users u WHERE u.id = ?", user_id))
+        if not rows:
+            return None
+        return self._member(rows[0], reachable=bool(rows[0][6]))
+
+    # -- events -------------------------------------------------------------------------
+    def count_events(self, user_id: str, name: str, *, now: datetime, since: datetime | None = None,
+                     where: Sequence[PropertyPredicate] = ()) -> int:
+        """How often `user_id` did `name` in [since, now], with optional property filters."""
+        condition = self.compiler.event_filter(name, now, since, where)
+        rows = self._fetchall(wrap("SELECT count(*) FROM events e WHERE e.user_id = {} AND {}",
+                                   param(user_id), condition))
+        return int(rows[0][0])
+
+    def events_for(self, user_id: str, name: str, since: datetime | None, *, now: datetime,
+                   limit: int = 1000) -> list[EventRecord]:
+        condition = self.compiler.event_filter(name, now, since, ())
+        rows = self._fetchall(wrap("SELECT e.user_id, e.name, e.ts, e.properties FROM events e "
+                                   "WHERE e.user_id = {} AND {} ORDER BY e.ts LIMIT {}",
+                                   param(user_id), condition, param(limit)))
+        return [EventRecord(r[0], r[1], r[2], self._decode_properties(r[3])) for r in rows]
+
+    def stats(self) -> StoreStats:
+        row = self._fetchall(Fragment(
+            "SELECT count(*), count(*) FILTER (WHERE opted_out = FALSE AND phone_valid = TRUE), "
+            "count(*) FILTER (WHERE opted_out), count(*) FILTER (WHERE phone_valid = FALSE) FROM users"))[0]
+        events = self._fetchall(Fragment("SELECT count(*) FROM events"))[0][0]
+        return StoreStats(int(row[0]), int(row[1] or 0), int(row[2] or 0), int(row[3] or 0), int(events))
+
+    def sql_for(self, query: AudienceQuery) -> tuple[str, tuple[Any, ...]]:
+        """The member query as the engine receives it (for debugging and tests)."""
+        return self.compiler.finish(self.member_query(query))
+
+
+def open_audience_store(url: str) -> AudienceStore:
+    """duckdb:///relative/path, duckdb:////absolute/path, duckdb:///:memory:, or postgresql://…"""
+    if url.startswith("duckdb:"):
+        from .duckdb_store import DuckDBAudienceStore
+
+        return DuckDBAudienceStore.from_url(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        from .postgres_store import PostgresAudienceStore
+
+        return PostgresAudienceStore(url)
+    raise AudienceStoreError("audience store URL must start with duckdb:/// or postgresql:// "
+                             f"(got {url.split(':', 1)[0]}:…)")
+
+
