@@ -77,6 +77,11 @@ from .cli_providers import mock_provider, test_send  # noqa: E402
 main.add_command(test_send)
 main.add_command(mock_provider)
 
+from .cli_audience import ingest, reach  # noqa: E402
+
+main.add_command(ingest)
+main.add_command(reach)
+
 
 if __name__ == "__main__":
     main()

@@ -1,13 +1,39 @@
-"""Message rendering: the Liquid environment shared by validation, plans and delivery."""
+"""Message rendering: the Liquid environments shared by validation, plans and delivery.
+
+Template variables: user.<property> (plus user.id, user.phone, user.timezone, user.country),
+event.<property> (live campaigns; also event.name and event.ts unless a property of that name
+exists), campaign.name/type/owner/labels, linked.<source>.
+
+Sending renders strictly: a variable that is missing for a user fails that user's render (reported
+as a RenderFailure value, never raised) unless the template gives it a `default`; a missing variable
+in `{% if %}` is simply false. Linked content is lenient, so a source that failed with
+onError: send_without renders as empty. Templates cannot read files (no loader) and have loop and
+output limits.
+"""
 
 from __future__ import annotations
 
-from functools import lru_cache
+import re
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property, lru_cache
+from typing import TYPE_CHECKING, Any
 
-from liquid import BoundTemplate, Environment
+from liquid import BoundTemplate, Environment, FalsyStrictUndefined, Undefined
 from liquid.exceptions import LiquidError
 
+from .encoding import SmsEncoding, analyze
+from .secrets import redact
+
+if TYPE_CHECKING:
+    from .audience.records import EventRecord, Member
+    from .models import Campaign
+
 TEMPLATE_ROOTS = ("user", "event", "campaign", "linked")
+USER_BUILTINS = ("id", "phone", "timezone", "country")
+CAMPAIGN_FIELDS = ("name", "type", "owner", "labels")
+MAX_RENDERED_CHARS = 10_000
 
 
 class TemplateError(ValueError):
@@ -16,7 +42,7 @@ class TemplateError(ValueError):
 
 @lru_cache(maxsize=1)
 def environment() -> Environment:
-    """No loader is configured, so templates cannot include or render files."""
+    """Lenient environment for static analysis. No loader: templates cannot include or render files."""
     return Environment()
 
 
@@ -32,3 +58,281 @@ def referenced_paths(source: str) -> set[str]:
     """Dotted variable paths the template reads from outside itself, e.g. {'user.first_name'}."""
     template = compile_template(source)
     return set(template.global_variable_paths())
+
+
+class SendUndefined(FalsyStrictUndefined):
+    """Strict for output and filters, false in conditions, replaced by `default`; lenient under linked."""
+
+    force_liquid_default = True
+
+    def __new__(cls, name: str, **kwargs: Any) -> Any:
+        if name == "linked":
+            return Undefined(name, **kwargs)
+        return super().__new__(cls)
+
+
+class SendEnvironment(Environment):
+    loop_iteration_limit = 10_000
+    output_stream_limit = 100_000
+    context_depth_limit = 30
+    local_namespace_limit = 100_000
+
+
+@lru_cache(maxsize=1)
+def send_environment() -> Environment:
+    return SendEnvironment(undefined=SendUndefined)
+
+
+@lru_cache(maxsize=4096)
+def compile_for_send(source: str) -> BoundTemplate:
+    """Compiled once per distinct source; per-user renders reuse it."""
+    try:
+        return send_environment().from_string(source)
+    except LiquidError as exc:
+        raise TemplateError(str(exc)) from exc
+
+
+_OUTPUT = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+_SIMPLE_OUTPUT = re.compile(
+    r"^\s*((?:user|event|campaign|linked)(?:\.[A-Za-z_][A-Za-z0-9_]*)+)\s*"
+    r"(?:\|\s*default\s*:\s*(?:'([^'\\]*)'|\"([^\"\\]*)\"))?\s*$")
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class FastTemplate:
+    """Text and plain `{{ a.b }}` / `{{ a.b | default: 'x' }}` outputs, rendered without Liquid.
+
+    Only unambiguous values (non-empty strings, numbers) are rendered here; for anything else
+    render() returns None and the caller renders with Liquid, so the output is always Liquid's.
+    """
+
+    parts: tuple[str | tuple[tuple[str, ...], str | None], ...]
+
+    def render(self, context: Mapping[str, Any]) -> str | None:
+        out: list[str] = []
+        for part in self.parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            path, default = part
+            node: Any = context
+            for key in path:
+                node = node.get(key, _MISSING) if isinstance(node, dict) else _MISSING
+                if node is _MISSING:
+                    break
+            if isinstance(node, str) and node:
+                out.append(node)
+            elif isinstance(node, int | float) and not isinstance(node, bool):
+                out.append(str(node))  # Liquid prints numbers with str(), and default keeps 0
+            elif default is not None and (node is _MISSING or node is None or node is False or node == ""):
+                out.append(default)
+            else:
+                return None  # anything else (lists, booleans, strict errors) is Liquid's to render
+        return "".join(out)
+
+
+@lru_cache(maxsize=4096)
+def compile_fast(source: str) -> FastTemplate | None:
+    if "{%" in source or "{#" in source:
+        return None
+    parts: list[str | tuple[tuple[str, ...], str | None]] = []
+    position = 0
+    for match in _OUTPUT.finditer(source):
+        simple = _SIMPLE_OUTPUT.match(match.group(1))
+        if simple is None or match.group(1).startswith("-") or match.group(1).endswith("-"):
+            return None
+        if match.start() > position:
+            parts.append(source[position:match.start()])
+        default = simple.group(2) if simple.group(2) is not None else simple.group(3)
+        parts.append((tuple(simple.group(1).split(".")), default))
+        position = match.end()
+    tail = source[position:]
+    if "{{" in tail:
+        return None
+    if tail:
+        parts.append(tail)
+    return FastTemplate(tuple(parts))
+
+
+def template_variable_source(expression: str) -> str:
+    """templateVariables entries are expressions (user.name) or full templates ({{ user.name }})."""
+    return expression if "{" in expression else "{{ " + expression + " }}"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    body: str
+    template_variables: tuple[str, ...] = ()
+
+    @cached_property
+    def sms(self) -> SmsEncoding:
+        """GSM-7 vs UCS-2 and segment count, analysed on first use."""
+        return analyze(self.body)
+
+    @property
+    def encoding(self) -> str:
+        return self.sms.encoding
+
+    @property
+    def segments(self) -> int:
+        return self.sms.segments
+
+    ok = True
+
+
+@dataclass(frozen=True)
+class RenderFailure:
+    reason: str
+    ok = False
+
+
+def user_context(member: Member) -> dict[str, Any]:
+    context = dict(member.properties)
+    context.update(id=member.user_id, phone=member.phone, timezone=member.timezone, country=member.country)
+    return context
+
+
+def event_context(event: EventRecord | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if event is None:
+        return None
+    if isinstance(event, Mapping):
+        return dict(event)
+    ts = event.ts.isoformat() if isinstance(event.ts, datetime) else event.ts
+    return {"name": event.name, "ts": ts, **event.properties}
+
+
+@lru_cache(maxsize=1024)
+def _campaign_context(name: str, type_: str, owner: str, labels: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    return {"name": name, "type": type_, "owner": owner, "labels": dict(labels)}
+
+
+def campaign_context(campaign: Campaign) -> dict[str, Any]:
+    labels = tuple(sorted(campaign.metadata.labels.items()))
+    return _campaign_context(campaign.name, campaign.spec.type, campaign.spec.owner, labels)
+
+
+def render_context(campaign: Campaign, member: Member, *, event: EventRecord | Mapping[str, Any] | None = None,
+                   linked: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    context: dict[str, Any] = {"user": user_context(member), "campaign": campaign_context(campaign),
+                               "linked": dict(linked or {})}
+    event_values = event_context(event)
+    if event_values is not None:
+        context["event"] = event_values
+    return context
+
+
+def _failure(exc: BaseException) -> RenderFailure:
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return RenderFailure(redact(message))
+
+
+def render_source(source: str, context: Mapping[str, Any]) -> str:
+    """Render one template strictly (raises on failure; render_message wraps this)."""
+    fast = compile_fast(source)
+    if fast is not None:
+        text = fast.render(context)
+        if text is not None:
+            return text
+    return compile_for_send(source).render(**context)
+
+
+def render_message(campaign: Campaign, member: Member, *, event: EventRecord | Mapping[str, Any] | None = None,
+                   linked: Mapping[str, Any] | None = None) -> Rendered | RenderFailure:
+    """The message body (and DLT template variables) for one user. Never raises: a user whose
+    message cannot be rendered gets a RenderFailure naming the reason, to be recorded as a skip."""
+    message = campaign.spec.message
+    try:
+        context = render_context(campaign, member, event=event, linked=linked)
+        body = render_source(message.body, context)
+        variables = tuple(render_source(template_variable_source(v), context) for v in message.templateVariables)
+    except Exception as exc:  # a per-user failure must never stop the run
+        return _failure(exc)
+    if not body.strip():
+        return RenderFailure("the message rendered empty")
+    if len(body) > MAX_RENDERED_CHARS:
+        return RenderFailure(f"the message rendered to {len(body)} characters; the limit is {MAX_RENDERED_CHARS}")
+    return Rendered(body, variables)
+
+
+# -- validate-time checks --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TemplateProblem:
+    field: tuple[str | int, ...]  # location under the campaign document, e.g. ("spec", "message", "body")
+    message: str
+
+
+def campaign_templates(campaign: Campaign) -> list[tuple[tuple[str | int, ...], str]]:
+    message = campaign.spec.message
+    sources: list[tuple[tuple[str | int, ...], str]] = [(("spec", "message", "body"), message.body)]
+    sources += [(("spec", "message", "templateVariables", i), template_variable_source(v))
+                for i, v in enumerate(message.templateVariables)]
+    sources += [(("spec", "message", "linkedContent", i, "url"), s.url)
+                for i, s in enumerate(message.linkedContent)]
+    return sources
+
+
+def _has_default(source: str, index: int) -> bool:
+    """Is the variable starting at `index` piped straight into the default filter?"""
+    return re.match(r"[\w.\[\]'\"]+\s*\|\s*default\b", source[index:]) is not None
+
+
+def template_problems(campaign: Campaign, *, user_properties: Collection[str] | None = None
+                      ) -> list[TemplateProblem]:
+    """Strict check of every template of a campaign, for `herald validate`.
+
+    Unknown roots, event.* in a past_behavior campaign, undeclared linked sources, unknown campaign
+    fields; with `user_properties` (known property names, e.g. from the store) also user.* names
+    that no user has and that have no `default`. Linked content may only read user/campaign data.
+    """
+    problems: list[TemplateProblem] = []
+    linked_names = {s.name for s in campaign.spec.message.linkedContent}
+    for location, source in campaign_templates(campaign):
+        try:
+            analysis = compile_for_send(source).analyze()
+        except (TemplateError, LiquidError) as exc:
+            problems.append(TemplateProblem(location, f"template does not parse: {str(exc).splitlines()[0]}"))
+            continue
+        is_url = location[2] == "linkedContent"
+        for uses in analysis.globals.values():
+            for variable in uses:
+                path = ".".join(str(s) for s in variable.segments)
+                reason = _variable_problem(campaign, path, linked_names, user_properties, is_url,
+                                           _has_default(source, variable.span.index))
+                if reason:
+                    problems.append(TemplateProblem(location, reason))
+                    break
+    return problems
+
+
+def _variable_problem(campaign: Campaign, path: str, linked_names: set[str],
+                      user_properties: Collection[str] | None, is_url: bool, defaulted: bool) -> str | None:
+    root, _, rest = path.partition(".")
+    first = rest.split(".")[0] if rest else ""
+    if root not in TEMPLATE_ROOTS:
+        return f"'{path}' is not defined (use user.*, event.*, campaign.* or linked.*)"
+    if root == "event" and campaign.spec.type != "live":
+        return f"'{path}' needs an event, but past_behavior campaigns have none"
+    if root == "linked":
+        if is_url:
+            return f"'{path}': a linked-content URL cannot read linked content"
+        if first not in linked_names:
+            return f"'{path}' refers to linked content that is not declared"
+    if root == "campaign" and first not in CAMPAIGN_FIELDS:
+        return f"'{path}' is not a campaign field ({', '.join(CAMPAIGN_FIELDS)})"
+    if (root == "user" and user_properties is not None and first and first not in USER_BUILTINS
+            and first not in user_properties and not defaulted):
+        return f"'{path}': no user has property '{first}' (add a default, e.g. {{{{ {path} | default: '' }}}})"
+    return None
+
+
+def sample_failures(campaign: Campaign, members: Iterable[Member]) -> list[tuple[str, str]]:
+    """(user id, reason) for each sample member whose message would not render."""
+    failures = []
+    for member in members:
+        result = render_message(campaign, member)
+        if isinstance(result, RenderFailure):
+            failures.append((member.user_id, result.reason))
+    return failures

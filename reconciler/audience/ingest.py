@@ -202,3 +202,58 @@ def ingest_file(store: AudienceStore, path: str | Path, kind: Kind, *, now: date
               newline="" if chosen == "csv" else None) as handle:
         return ingest_stream(store, read_rows(path, kind, chosen, handle), kind, now=now,
                              batch_size=batch_size, progress=progress)
+
+
+def _snapshot_kind(path: Path) -> Kind | None:
+    name = path.name.lower()
+    if "user" in name:
+        return "users"
+    if "event" in name:
+        return "events"
+    return None
+
+
+def _split_by_type(rows: Iterator[tuple[int, Any]], wanted: Kind) -> Iterator[tuple[int, Any]]:
+    """Rows of one kind from a mixed JSONL file whose lines say "type": "user" or "event"."""
+    for line, obj in rows:
+        if isinstance(obj, dict):
+            kind = obj.get("type")
+            if kind not in ("user", "event"):
+                if wanted == "users":
+                    yield line, RecordError("a mixed snapshot line needs \"type\": \"user\" or \"event\"")
+                continue
+            if f"{kind}s" != wanted:
+                continue
+            yield line, {k: v for k, v in obj.items() if k != "type"}
+        elif wanted == "users":
+            yield line, obj
+
+
+def load_snapshot(store: AudienceStore, paths: list[Path], *, now: datetime) -> list[tuple[Path, IngestReport]]:
+    """Fill `store` from snapshot files: users.* / events.* (JSONL or CSV, also inside a directory),
+    or a mixed JSONL whose lines carry "type": "user" | "event". Users load before events."""
+    files: list[Path] = []
+    for path in paths:
+        files.extend(sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".csv", ".json"))
+                     if path.is_dir() else [path])
+    reports: list[tuple[Path, IngestReport]] = []
+    kinds: tuple[Kind, Kind] = ("users", "events")
+    for kind in kinds:
+        for path in files:
+            fixed = _snapshot_kind(path)
+            if fixed is not None and fixed != kind:
+                continue
+            fmt = detect_format(path)
+            if fixed is None and fmt == "csv":
+                if kind == "users":
+                    report = IngestReport(kind)
+                    report.reject(1, "name a CSV snapshot users*.csv or events*.csv")
+                    reports.append((path, report))
+                continue
+            with open(path, encoding="utf-8-sig", errors="surrogateescape",
+                      newline="" if fmt == "csv" else None) as handle:
+                rows = read_rows(path, kind, fmt, handle)
+                if fixed is None:
+                    rows = _split_by_type(rows, kind)
+                reports.append((path, ingest_stream(store, rows, kind, now=now)))
+    return reports
