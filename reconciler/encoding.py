@@ -19,6 +19,7 @@ GSM7_BASIC = frozenset(
     "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
 )
 GSM7_EXTENSION = frozenset("\f^{}\\[~]|€")
+GSM7_ALL = GSM7_BASIC | GSM7_EXTENSION
 
 GSM7_SINGLE, GSM7_PART = 160, 153
 UCS2_SINGLE, UCS2_PART = 70, 67
@@ -36,7 +37,7 @@ class SmsEncoding:
 
 
 def is_gsm7(text: str) -> bool:
-    return all(ch in GSM7_BASIC or ch in GSM7_EXTENSION for ch in text)
+    return GSM7_ALL.issuperset(text)
 
 
 def _gsm7_cost(ch: str) -> int:
@@ -63,10 +64,14 @@ def _count_segments(costs: list[int], single: int, part: int) -> int:
 def analyze(text: str) -> SmsEncoding:
     """Encoding, length in units and number of SMS parts for `text` (an empty text is one part)."""
     if is_gsm7(text):
-        costs = [_gsm7_cost(ch) for ch in text]
-        return SmsEncoding("GSM-7", sum(costs), _count_segments(costs, GSM7_SINGLE, GSM7_PART))
-    costs = [_ucs2_cost(ch) for ch in text]
-    return SmsEncoding("UCS-2", sum(costs), _count_segments(costs, UCS2_SINGLE, UCS2_PART))
+        units = len(text) + sum(1 for ch in text if ch in GSM7_EXTENSION)
+        if units <= GSM7_SINGLE:
+            return SmsEncoding("GSM-7", units, 1)
+        return SmsEncoding("GSM-7", units, _count_segments([_gsm7_cost(ch) for ch in text], GSM7_SINGLE, GSM7_PART))
+    units = len(text.encode("utf-16-le")) // 2
+    if units <= UCS2_SINGLE:
+        return SmsEncoding("UCS-2", units, 1)
+    return SmsEncoding("UCS-2", units, _count_segments([_ucs2_cost(ch) for ch in text], UCS2_SINGLE, UCS2_PART))
 
 
 def segment_count(text: str) -> int:

@@ -13,6 +13,7 @@ single probe request decides whether it closes again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -111,19 +112,28 @@ class _Tally:
     results: dict[str, SendResult] = field(default_factory=dict)
 
 
-def parse_number(number: str) -> phonenumbers.PhoneNumber:
-    """A valid E.164 number, or InvalidNumber."""
+@functools.lru_cache(maxsize=65536)
+def number_region(number: str) -> str:
+    """The ISO region of a valid E.164 number, or InvalidNumber. Cached: a campaign run sees the same
+    numbers again on retries and reruns, and validation is the costliest step per message."""
     if not number.startswith("+"):
         raise InvalidNumber(f"'{number}' is not in E.164 format (+ and country code)")
     try:
         parsed = phonenumbers.parse(number, None)
     except phonenumbers.NumberParseException as exc:
         raise InvalidNumber(f"'{number}' is not a phone number: {exc}") from None
-    if not phonenumbers.is_valid_number(parsed):
+    region = phonenumbers.region_code_for_number(parsed)
+    if region is None or not phonenumbers.is_valid_number_for_region(parsed, region):
         raise InvalidNumber(f"'{number}' is not a valid phone number")
-    if phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164) != number:
+    if number != f"+{parsed.country_code}{phonenumbers.national_significant_number(parsed)}":
         raise InvalidNumber(f"'{number}' is not in canonical E.164 form")
-    return parsed
+    return region
+
+
+def parse_number(number: str) -> phonenumbers.PhoneNumber:
+    """A valid E.164 number, or InvalidNumber."""
+    number_region(number)
+    return phonenumbers.parse(number, None)
 
 
 class GroupRouter:
@@ -162,13 +172,12 @@ class GroupRouter:
 
     def group_for(self, number: str, group: str | None = None) -> ProviderGroup:
         """The group for this number: the requested one, else its country's, else the default."""
-        parsed = parse_number(number)
+        region = number_region(number)
         if group is not None:
             if group not in self.state.groups:
                 raise RoutingError(f"unknown provider group '{group}'")
             return self.state.groups[group]
-        region = phonenumbers.region_code_for_number(parsed)
-        chosen = (self._country_group.get(region) if region else None) or self.state.default_group()
+        chosen = self._country_group.get(region) or self.state.default_group()
         if chosen is None:
             raise RoutingError(f"no group routes {region or 'this country'} and no group is marked default")
         return chosen
@@ -225,7 +234,7 @@ class GroupRouter:
         pending: list[_Pending] = []
         for message in messages:
             try:
-                parse_number(message.to)
+                number_region(message.to)
             except InvalidNumber as exc:
                 tally.results[message.message_id] = result_from(
                     None, message, ProviderError(str(exc), retryable=False, scope="message"), attempts=0)

@@ -137,7 +137,16 @@ def build_adapter(provider: Provider, client: httpx.AsyncClient, config: Runtime
 
 
 def default_client(max_connections: int = 100) -> httpx.AsyncClient:
-    """One shared client: pooled keep-alive connections, bounded so a big send cannot open thousands."""
+    """One shared client: pooled keep-alive connections, bounded so a big send cannot open thousands.
+
+    Sends through aiohttp's pool when available (see transport.py), else httpx's own."""
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    transport: httpx.AsyncBaseTransport | None = None
+    try:
+        from .transport import AiohttpTransport
+    except ImportError:  # pragma: no cover - aiohttp is a dependency; keep working without it
+        transport = None
+    else:
+        transport = AiohttpTransport(max_connections=max_connections)
     return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(10.0), follow_redirects=False,
-                             trust_env=False)
+                             trust_env=False, transport=transport)
