@@ -82,6 +82,11 @@ from .cli_audience import ingest, reach  # noqa: E402
 main.add_command(ingest)
 main.add_command(reach)
 
+from .cli_state import STATE_COMMANDS  # noqa: E402
+
+for _command in STATE_COMMANDS:
+    main.add_command(_command)
+
 
 if __name__ == "__main__":
     main()
