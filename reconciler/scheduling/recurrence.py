@@ -126,7 +126,7 @@ def runs_between(
     walls = _walls(schedule, zone, from_wall, anchor=anchor, reaches=exists, user_mode=user_mode)
     stop_at = min((b for b in (until, end) if b is not None), default=None)
     runs = _collect(walls, zone, user_mode, selected, stop_at, limit)
-    return _sorted_unique(runs, by, user_mode)[:limit]
+    return _sorted(runs, by)[:limit]
 
 
 def next_fire_times(
@@ -174,7 +174,8 @@ def _collect(
     stop_at: datetime | None,
     limit: int | None,
 ) -> list[Run]:
-    kept: list[Run] = []
+    """Selected runs, one per instant in fixed mode (one per wall time in user mode)."""
+    kept: dict[datetime, Run] = {}
     # Walls inside a DST gap resolve later than the walls that follow them; keep scanning until past.
     horizon = datetime.min
     for wall in walls:
@@ -184,24 +185,20 @@ def _collect(
             break
         run = make_run(wall, zone, user_mode)
         landed = utc_to_local(run.at, zone)
-        if landed != wall:
+        shifted = landed != wall
+        if shifted:
             horizon = max(horizon, landed.replace(fold=0))
-        if selected(run):
-            kept.append(run)
-    return kept
-
-
-def _sorted_unique(runs: list[Run], by: RunKey, user_mode: bool) -> list[Run]:
-    """Oldest first; in fixed mode two wall times landing on one instant (DST gap) are one run."""
-    ordered = sorted(runs, key=lambda run: (getattr(run, by), run.local))
-    unique: list[Run] = []
-    seen: set[datetime] = set()
-    for run in ordered:
+        if not selected(run):
+            continue
         identity = run.local if user_mode else run.at
-        if identity not in seen:
-            seen.add(identity)
-            unique.append(run)
-    return unique
+        # Two walls on one instant (a gap wall and the wall it was pushed to): the real wall names the run.
+        if identity not in kept or not shifted:
+            kept[identity] = run
+    return list(kept.values())
+
+
+def _sorted(runs: list[Run], by: RunKey) -> list[Run]:
+    return sorted(runs, key=lambda run: (getattr(run, by), run.local))
 
 
 def _walls(
