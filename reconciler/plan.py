@@ -19,7 +19,7 @@ from typing import Any, Literal
 from .clock import Clock, SystemClock
 from .gitsource import CommitInfo
 from .loading import DesiredState, LoadedDocument
-from .models import Campaign, Document, Secret
+from .models import Campaign, Document, Provider, ProviderGroup, Secret
 from .secrets import SecretError, redact, resolve_secret
 from .store.base import AppliedObject, AppliedState, Override
 
@@ -92,6 +92,7 @@ class MessageImpact:
 
 @dataclass(frozen=True)
 class Impact:
+    summary: str | None = None  # one line about a non-campaign object (provider type, group order)
     provider_group: str | None = None
     provider_group_is_default: bool = False
     next_runs: tuple[datetime, ...] = ()
@@ -102,6 +103,7 @@ class Impact:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "summary": self.summary,
             "provider_group": self.provider_group,
             "provider_group_is_default": self.provider_group_is_default,
             "next_runs": [t.isoformat() for t in self.next_runs],
@@ -117,6 +119,7 @@ class Impact:
     def from_dict(cls, data: Mapping[str, Any]) -> Impact:
         message = data.get("message")
         return cls(
+            summary=data.get("summary"),
             provider_group=data.get("provider_group"),
             provider_group_is_default=bool(data.get("provider_group_is_default")),
             next_runs=tuple(datetime.fromisoformat(t) for t in data.get("next_runs", [])),
@@ -433,6 +436,8 @@ def _change(key: tuple[str, str], obj: AppliedObject | None, want: _Desired | No
         created_at = obj.created_at if obj else now
         impact = campaign_impact(want.document, state, now=now, created_at=created_at,
                                  paused=bool(paused_after), reach=reach)
+    elif action != "noop" and (summary := describe_object(want.document)):
+        impact = Impact(summary=summary)
     diff = tuple(diff_specs(obj.spec, want.spec)) if obj is not None and action != "noop" else ()
     source = None
     if want.loaded is not None:
@@ -496,6 +501,20 @@ def next_runs(campaign: Campaign, state: DesiredState, *, now: datetime, created
     except Exception as exc:  # show the problem in the plan rather than failing it
         return (), f"next runs unknown: {exc}"
     return tuple(times), None if times else "no future runs (schedule ended or in the past)"
+
+
+def describe_object(document: Document) -> str | None:
+    if isinstance(document, Provider):
+        spec = document.spec
+        rate = f", {spec.rateLimit.messagesPerSecond:g} msg/s" if spec.rateLimit else ""
+        return f"type {spec.type}{rate}"
+    if isinstance(document, ProviderGroup):
+        group = document.spec
+        text = "providers: " + " → ".join(group.providers)
+        if group.countries:
+            text += f"; countries: {', '.join(group.countries)}"
+        return text + ("; default group" if group.default else "")
+    return None
 
 
 def describe_trigger(campaign: Campaign) -> str | None:
@@ -605,7 +624,7 @@ def _message_line(message: MessageImpact) -> str:
 
 
 def impact_lines(impact: Impact) -> list[str]:
-    lines = []
+    lines = [impact.summary] if impact.summary else []
     if impact.trigger:
         lines.append(f"trigger: {impact.trigger}")
     if impact.provider_group:
