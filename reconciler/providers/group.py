@@ -276,6 +276,8 @@ class GroupRouter:
                           tally: _Tally, respect_breaker: bool) -> list[_Pending]:
         breaker = self.breaker(adapter.name)
         for attempt in range(1, self.retry.attempts_per_provider + 1):
+            spent = [p for p in chunk if p.attempts >= self.retry.max_total_attempts]
+            self._finish(spent, tally)
             chunk = [p for p in chunk if p.attempts < self.retry.max_total_attempts]
             if not chunk:
                 return []
@@ -286,7 +288,9 @@ class GroupRouter:
             retry_later = self._settle(adapter.name, chunk, outcomes, tally)
             healthy = any(not isinstance(o, ProviderError) or o.scope == "message" for o in outcomes)
             breaker.record(healthy, self.clock.now(), settings)
-            chunk = [p for p in chunk if p in retry_later]
+            chunk = retry_later
+            if not chunk:
+                return []
             retryable = [p for p in chunk if p.last_error is not None and p.last_error.retryable]
             if len(retryable) != len(chunk) or attempt == self.retry.attempts_per_provider:
                 return chunk  # account-level refusals (or attempts used up) move on now
