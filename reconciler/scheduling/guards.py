@@ -68,14 +68,12 @@ def expires_at(
 ) -> datetime | None:
     """When a queued message stops being worth sending (campaign validity, else Settings.validity).
 
-    Counted from the moment the message was meant to go out (`scheduled_for`: the run's moment in the
-    recipient's zone, before any DND delay) when given and later than `enqueued_at`; else from enqueue.
-    None when no validity is configured.
+    Counted from the moment the message was meant to go out when given (`scheduled_for`: the run's
+    moment in the recipient's zone, before any DND delay or catch-up), else from `enqueued_at`. So a
+    run caught up 3 h late with validity 2h is already expired. None when no validity is configured.
     """
     validity = effective_validity(campaign, settings)
     if validity is None:
         return None
-    base = require_aware(enqueued_at, "enqueued_at")
-    if scheduled_for is not None and require_aware(scheduled_for, "scheduled_for") > base:
-        base = scheduled_for
+    base = require_aware(scheduled_for or enqueued_at, "scheduled_for" if scheduled_for else "enqueued_at")
     return (base + validity).astimezone(UTC)
