@@ -39,6 +39,7 @@ class ExotelAdapter(ProviderAdapter):
         self.spec = spec
         self.authorization = basic_auth_header(spec.apiKey, resolve_secret(spec.apiToken, environ))
         self.status_callback = status_callback
+        self.url = httpx.URL(f"{self.base_url}/v1/Accounts/{spec.accountSid}/Sms/send.json")
 
     def build_request(self, batch: Sequence[OutboundMessage]) -> httpx.Request:
         (message,) = batch
@@ -53,9 +54,8 @@ class ExotelAdapter(ProviderAdapter):
             form["DltTemplateId"] = template or self.spec.dltTemplateId or ""
         if self.status_callback:
             form["StatusCallback"] = self.status_callback
-        url = f"{self.base_url}/v1/Accounts/{self.spec.accountSid}/Sms/send.json"
         headers = {**self.headers_for(batch), "Authorization": self.authorization}
-        return self.client.build_request("POST", url, data=form, headers=headers, **self.request_kwargs())
+        return self.make_request("POST", self.url, headers, form=form)
 
     def parse_response(self, response: httpx.Response, batch: Sequence[OutboundMessage]) -> list[Outcome]:
         body = json_body(response)

@@ -65,6 +65,7 @@ class GenericHttpAdapter(ProviderAdapter):
         super().__init__(name, client, url, spec.timeoutSeconds)
         self.spec = spec
         self.url = url
+        self.parsed_url = httpx.URL(url) if "$$" not in url else None
         self.batching = spec.batching if spec.batching and spec.batching.enabled else None
         self.max_batch = self.batching.size if self.batching else 1
         self.secret_headers = {k: resolve_formatted(v, environ) for k, v in spec.headers.items()
@@ -154,17 +155,14 @@ class GenericHttpAdapter(ProviderAdapter):
 
     def build_request(self, batch: Sequence[OutboundMessage]) -> httpx.Request:
         shared = self._request_level(batch)
-        url = self.render(self.url, shared, url_encode=True)
+        url: httpx.URL | str = self.parsed_url or self.render(self.url, shared, url_encode=True)
         headers = self._headers(batch, shared)
         payload = self._payload(batch, shared)
-        kwargs: dict[str, Any] = self.request_kwargs()
         if self.spec.bodyFormat == "json":
-            kwargs["json"] = payload
-        elif self.spec.bodyFormat == "form":
-            kwargs["data"] = payload
-        else:
-            kwargs["params"] = payload
-        return self.client.build_request(self.spec.method, url, headers=headers, **kwargs)
+            return self.make_request(self.spec.method, url, headers, json_payload=payload)
+        if self.spec.bodyFormat == "form":
+            return self.make_request(self.spec.method, url, headers, form=payload)
+        return self.make_request(self.spec.method, url, headers, params=payload)
 
     # -- answers -----------------------------------------------------------------------------
 

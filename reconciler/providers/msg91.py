@@ -38,6 +38,7 @@ class Msg91Adapter(ProviderAdapter):
         super().__init__(name, client, base_url, spec.timeoutSeconds)
         self.spec = spec
         self.auth_key = resolve_secret(spec.authKey, environ)
+        self.url = httpx.URL(f"{self.base_url}/api/v5/flow/")
 
     def build_request(self, batch: Sequence[OutboundMessage]) -> httpx.Request:
         (message,) = batch
@@ -53,8 +54,7 @@ class Msg91Adapter(ProviderAdapter):
             "recipients": [recipient],
         }
         headers = {**self.headers_for(batch), "authkey": self.auth_key}
-        return self.client.build_request("POST", f"{self.base_url}/api/v5/flow/", json=payload,
-                                         headers=headers, **self.request_kwargs())
+        return self.make_request("POST", self.url, headers, json_payload=payload)
 
     def parse_response(self, response: httpx.Response, batch: Sequence[OutboundMessage]) -> list[Outcome]:
         body = json_body(response)

@@ -41,6 +41,7 @@ class NetcoreAdapter(ProviderAdapter):
         super().__init__(name, client, base_url, spec.timeoutSeconds)
         self.spec = spec
         self.password = resolve_secret(spec.password, environ)
+        self.url = httpx.URL(f"{self.base_url}/BulkSms/SingleMsgApi")
 
     def build_request(self, batch: Sequence[OutboundMessage]) -> httpx.Request:
         (message,) = batch
@@ -59,8 +60,7 @@ class NetcoreAdapter(ProviderAdapter):
         if self.spec.dltEntityId:
             form["entityid"] = self.spec.dltEntityId
         headers = {**self.headers_for(batch), "Accept": "application/xml, text/xml"}
-        return self.client.build_request("POST", f"{self.base_url}/BulkSms/SingleMsgApi", data=form,
-                                         headers=headers, **self.request_kwargs())
+        return self.make_request("POST", self.url, headers, form=form)
 
     def parse_response(self, response: httpx.Response, batch: Sequence[OutboundMessage]) -> list[Outcome]:
         if not 200 <= response.status_code < 300:

@@ -36,6 +36,7 @@ class TwilioAdapter(ProviderAdapter):
                  environ: dict[str, str] | None = None) -> None:
         super().__init__(name, client, base_url, spec.timeoutSeconds)
         self.spec = spec
+        self.url = httpx.URL(f"{self.base_url}/2010-04-01/Accounts/{spec.accountSid}/Messages.json")
         self.authorization = basic_auth_header(spec.accountSid, resolve_secret(spec.authToken, environ))
 
     def build_request(self, batch: Sequence[OutboundMessage]) -> httpx.Request:
@@ -47,9 +48,8 @@ class TwilioAdapter(ProviderAdapter):
             form["From"] = self.spec.from_
         if self.spec.statusCallbackUrl:
             form["StatusCallback"] = self.spec.statusCallbackUrl
-        url = f"{self.base_url}/2010-04-01/Accounts/{self.spec.accountSid}/Messages.json"
         headers = {**self.headers_for(batch), "Authorization": self.authorization}
-        return self.client.build_request("POST", url, data=form, headers=headers, **self.request_kwargs())
+        return self.make_request("POST", self.url, headers, form=form)
 
     def parse_response(self, response: httpx.Response, batch: Sequence[OutboundMessage]) -> list[Outcome]:
         body = json_body(response)

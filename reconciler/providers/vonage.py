@@ -40,6 +40,7 @@ class VonageAdapter(ProviderAdapter):
         super().__init__(name, client, base_url, spec.timeoutSeconds)
         self.spec = spec
         self.api_secret = resolve_secret(spec.apiSecret, environ)
+        self.url = httpx.URL(f"{self.base_url}/sms/json")
 
     def build_request(self, batch: Sequence[OutboundMessage]) -> httpx.Request:
         (message,) = batch
@@ -55,8 +56,7 @@ class VonageAdapter(ProviderAdapter):
         if self.spec.statusCallbackUrl:
             form["status-report-req"] = "1"
             form["callback"] = self.spec.statusCallbackUrl
-        return self.client.build_request("POST", f"{self.base_url}/sms/json", data=form,
-                                         headers=self.headers_for(batch), **self.request_kwargs())
+        return self.make_request("POST", self.url, self.headers_for(batch), form=form)
 
     def parse_response(self, response: httpx.Response, batch: Sequence[OutboundMessage]) -> list[Outcome]:
         body = json_body(response)
