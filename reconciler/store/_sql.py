@@ -26,6 +26,7 @@ from .base import (
     AuditRecord,
     ChangeSet,
     DeliveryCount,
+    ObjectWrite,
     OutboxItem,
     OutboxRow,
     Override,
@@ -196,9 +197,7 @@ class SqlStateStore(StateStore):
             if head["version"] != changes.base_version:
                 raise StaleStateError(changes.base_version, int(head["version"]))
             version = head["version"] + 1 if changes.bump_version else head["version"]
-            for write in changes.writes:
-                self._write_object(tx, write.kind, write.name, write.spec, write.spec_hash, write.paused,
-                                   changes.commit_sha, at, version)
+            self._write_objects(tx, changes.writes, changes.commit_sha, at, version)
             for key in changes.clear_overrides:
                 tx.run("DELETE FROM overrides WHERE kind = ? AND name = ?", key)
             for delete in changes.deletes:
@@ -210,25 +209,27 @@ class SqlStateStore(StateStore):
             if changes.bump_version:
                 tx.run("UPDATE applied_state SET version = ?, commit_sha = ?, applied_at = ? WHERE id = 1",
                        (version, changes.commit_sha, at))
-            audit_ids = self._append_audit(tx, changes.audit)
+            self._insert_audit(tx, changes.audit)
         return ApplyOutcome(version=version, cancelled_outbox=cancelled[0], cancelled_runs=cancelled[1],
-                            cancelled_timers=cancelled[2], audit_ids=audit_ids)
+                            cancelled_timers=cancelled[2], audit_entries=len(changes.audit))
 
-    def _write_object(self, tx: Tx, kind: str, name: str, spec: Mapping[str, Any], spec_hash: str,
-                      paused: bool, commit_sha: str | None, at: Any, version: int) -> None:
-        tx.run(
+    def _write_objects(self, tx: Tx, writes: Sequence[ObjectWrite], commit_sha: str | None, at: Any,
+                       version: int) -> None:
+        """Upsert in batches (one round trip per batch on PostgreSQL); created_at is kept on update."""
+        if not writes:
+            return
+        tx.many(
             "INSERT INTO applied_objects (kind, name, spec, spec_hash, commit_sha, applied_at, version,"
             " created_at, paused) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (kind, name) DO UPDATE SET spec = excluded.spec, spec_hash = excluded.spec_hash,"
             " commit_sha = excluded.commit_sha, applied_at = excluded.applied_at, version = excluded.version,"
             " paused = excluded.paused",
-            (kind, name, self._js(spec), spec_hash, commit_sha, at, version, at, int(paused)),
-        )
-        tx.run(
+            [(w.kind, w.name, self._js(w.spec), w.spec_hash, commit_sha, at, version, at, int(w.paused))
+             for w in writes])
+        tx.many(
             "INSERT INTO spec_versions (spec_hash, kind, name, spec, commit_sha, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (spec_hash) DO NOTHING",
-            (spec_hash, kind, name, self._js(spec), commit_sha, at),
-        )
+            [(w.spec_hash, w.kind, w.name, self._js(w.spec), commit_sha, at) for w in writes])
 
     def _cancel_campaign(self, tx: Tx, campaign: str, reason: str) -> tuple[int, int, int]:
         now = self._now()
@@ -690,14 +691,21 @@ class SqlStateStore(StateStore):
         with self._transaction(write=True) as tx:
             return self._append_audit(tx, records)
 
+    def _audit_params(self, record: AuditRecord) -> tuple[Any, ...]:
+        return (self._ts(record.at), redact(record.actor), record.action, record.kind, record.name,
+                record.commit_sha, self._redacted_json(dict(record.details)))
+
+    def _insert_audit(self, tx: Tx, records: Sequence[AuditRecord]) -> None:
+        if records:
+            tx.many("INSERT INTO audit (at, actor, action, kind, name, commit_sha, details)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)", [self._audit_params(r) for r in records])
+
     def _append_audit(self, tx: Tx, records: Sequence[AuditRecord]) -> list[int]:
         ids: list[int] = []
         for record in records:
             row = tx.one(
                 "INSERT INTO audit (at, actor, action, kind, name, commit_sha, details)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                (self._ts(record.at), redact(record.actor), record.action, record.kind, record.name,
-                 record.commit_sha, self._redacted_json(dict(record.details))))
+                " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id", self._audit_params(record))
             assert row is not None
             ids.append(int(row["id"]))
         return ids

@@ -157,7 +157,7 @@ class ApplyOutcome:
     cancelled_outbox: int
     cancelled_runs: int
     cancelled_timers: int
-    audit_ids: list[int]
+    audit_entries: int
 
 
 # ---------------------------------------------------------------- runs
