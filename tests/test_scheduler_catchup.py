@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from test_scheduler_support import fixed, make_campaign, make_settings, user_mode, utc
 
-from reconciler.scheduler import due_runs, plan_catch_up
+from reconciler.scheduler import due_runs, next_due_at, plan_catch_up
 
 LONG_AGO = utc(2026, 1, 1)
 HOURLY = make_campaign(schedule={"cron": "0 * * * *"})
@@ -115,3 +115,13 @@ def test_user_mode_downtime(name, max_age, expected):
     plan = plan_catch_up(daily, policy(name, max_age), created_at=LONG_AGO, last_run_at=utc(2026, 12, 5),
                          now=utc(2026, 12, 7, 6))
     assert [run.key for run in plan.run] == expected
+
+
+def test_next_due_at_is_when_the_next_run_opens():
+    assert next_due_at(HOURLY, policy("all"), created_at=LONG_AGO, after=utc(2026, 12, 1, 10)) == utc(2026, 12, 1, 11)
+    daily_user = make_campaign(schedule={"cron": "0 10 * * *"}, timezone=user_mode("UTC"))
+    assert next_due_at(daily_user, policy("all"), created_at=LONG_AGO, after=utc(2026, 12, 1, 10)) == utc(2026, 12, 1, 20)
+    paused = make_campaign(schedule={"cron": "0 * * * *"}, paused=True)
+    assert next_due_at(paused, policy("all"), created_at=LONG_AGO, after=utc(2026, 12, 1, 10)) == utc(2026, 12, 1, 11)
+    once = make_campaign(schedule={"once": "2026-12-01T09:00:00Z"})
+    assert next_due_at(once, policy("all"), created_at=LONG_AGO, after=utc(2026, 12, 1, 10)) is None

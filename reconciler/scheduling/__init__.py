@@ -6,7 +6,7 @@ Import from `reconciler.scheduler` (the facade) or from here; see docs/scheduler
 from __future__ import annotations
 
 from .caps import CapDecision, CapReason, cap_decision, effective_caps
-from .catchup import CatchUpPlan, due_runs, plan_catch_up
+from .catchup import CatchUpPlan, due_runs, next_due_at, plan_catch_up
 from .dnd import DndAction, DndDecision, apply_dnd, effective_dnd, in_window
 from .fanout import ON_TIME_GRACE, ZoneSlot, fanout_by_timezone, fanout_run
 from .guards import (
@@ -25,6 +25,7 @@ from .recurrence import (
     in_campaign_window,
     next_fire_times,
     runs_between,
+    scheduled_runs,
 )
 from .triggers import (
     CancelTimers,
@@ -93,12 +94,14 @@ __all__ = [
     "in_window",
     "local_day_bounds",
     "local_to_utc",
+    "next_due_at",
     "next_fire_times",
     "parse_event_wall",
     "plan_catch_up",
     "recipient_zone",
     "resolve_zone",
     "runs_between",
+    "scheduled_runs",
     "timer_key",
     "timer_should_fire",
     "trigger_for_event",

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 
 from ..models import Campaign, Settings
 from .fanout import ON_TIME_GRACE
-from .recurrence import Run, runs_between
+from .recurrence import Run, scheduled_runs
 from .zones import require_aware
 
 
@@ -44,8 +44,7 @@ def plan_catch_up(
     now = require_aware(now, "now")
     if campaign.spec.schedule is None:
         return CatchUpPlan()
-    unpaused = campaign.model_copy(update={"spec": campaign.spec.model_copy(update={"paused": False})})
-    due = runs_between(unpaused, settings, created_at=created_at, after=last_run_at, until=now, by="opens_at")
+    due = scheduled_runs(campaign, settings, created_at=created_at, after=last_run_at, until=now, by="opens_at")
     if campaign.spec.paused:
         return CatchUpPlan(skipped=due, reason="paused")
     on_time = [run for run in due if run.closes_at >= now - grace]
@@ -78,3 +77,15 @@ def due_runs(
     """Fire times (Run.at, UTC) to run now under Settings.catchUp; see the module docstring."""
     plan = plan_catch_up(campaign, settings, created_at=created_at, last_run_at=last_run_at, now=now, grace=grace)
     return [run.at for run in plan.run]
+
+
+def next_due_at(
+    campaign: Campaign, settings: Settings, *, created_at: datetime, after: datetime
+) -> datetime | None:
+    """When `plan_catch_up` next has something to do: the next run's opens_at after `after` (None: never).
+
+    Store it per campaign and call `plan_catch_up` only once `now` reaches it. Paused campaigns still
+    get a time, so their due runs are recorded as skipped and a resume never replays the pause.
+    """
+    runs = scheduled_runs(campaign, settings, created_at=created_at, after=after, limit=1, by="opens_at")
+    return runs[0].opens_at if runs else None

@@ -11,9 +11,11 @@ from the moment the easternmost zone (UTC+14) reaches it to the moment the weste
 from __future__ import annotations
 
 import calendar
+import copy
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from functools import lru_cache
 from typing import Literal
 
 from croniter import CroniterBadDateError, croniter
@@ -103,8 +105,24 @@ def runs_between(
     Runs before max(created_at, start) or at/after end never exist (in user mode: for a zone whose
     moment falls outside; the run exists while any zone is inside). Paused and live campaigns have none.
     """
+    if campaign.spec.paused:
+        return []
+    return scheduled_runs(campaign, settings, created_at=created_at, after=after, until=until, limit=limit, by=by)
+
+
+def scheduled_runs(
+    campaign: Campaign,
+    settings: Settings,
+    *,
+    created_at: datetime,
+    after: datetime | None = None,
+    until: datetime | None = None,
+    limit: int | None = None,
+    by: RunKey = "at",
+) -> list[Run]:
+    """`runs_between` ignoring `paused` (what the schedule says; used to skip runs during a pause)."""
     schedule = campaign.spec.schedule
-    if campaign.spec.paused or schedule is None or limit == 0:
+    if schedule is None or limit == 0:
         return []
     zone = campaign_zone(campaign, settings)
     user_mode = uses_user_timezone(campaign)
@@ -225,8 +243,15 @@ def _walls(
     return _every_walls(schedule.every, utc_to_local(anchor, zone), slot_reaches_anchor, from_wall)
 
 
+@lru_cache(maxsize=4096)
+def _cron_prototype(expression: str) -> croniter[datetime]:
+    return croniter(expression, datetime(2000, 1, 1), ret_type=datetime)
+
+
 def _cron_walls(expression: str, from_wall: datetime) -> Iterator[datetime]:
-    iterator = croniter(expression, from_wall - timedelta(minutes=1), ret_type=datetime)
+    # Parsing costs as much as a step, so copy a parsed prototype (croniter only reads the parsed fields).
+    iterator = copy.copy(_cron_prototype(expression))
+    iterator.set_current(from_wall - timedelta(minutes=1), force=True)
     while True:
         try:
             yield iterator.get_next(datetime)
