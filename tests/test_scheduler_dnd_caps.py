@@ -75,6 +75,9 @@ def test_unknown_user_zone_falls_back_to_the_campaign_zone():
     campaign = make_campaign(schedule={"cron": "0 10 * * *"}, timezone={"mode": "user", "zone": "Asia/Kolkata"})
     zone = recipient_zone(campaign, make_settings(), "Nowhere/Land")
     assert apply_dnd(utc(2026, 12, 7, 16), zone, NIGHT_DELAY).send_at == utc(2026, 12, 8, 3, 30)
+    direct = apply_dnd(utc(2026, 12, 7, 16), "Nowhere/Land", NIGHT_DELAY, fallback="Asia/Kolkata")
+    assert direct.send_at == utc(2026, 12, 8, 3, 30)
+    assert apply_dnd(utc(2026, 12, 7, 16), None, NIGHT_DELAY).action == "send"  # default fallback: UTC
 
 
 # --- caps -----------------------------------------------------------------------------------------

@@ -38,9 +38,11 @@ def in_window(clock: time, window: DndWindow) -> bool:
     return False
 
 
-def apply_dnd(send_at_utc: datetime, zone: ZoneLike, window: DndWindow | None) -> DndDecision:
-    """Check `send_at_utc` against `window` in the recipient's `zone` (unknown/absent zone: UTC;
-    resolve with `recipient_zone` first to fall back to the campaign zone).
+def apply_dnd(
+    send_at_utc: datetime, zone: ZoneLike, window: DndWindow | None, *, fallback: ZoneLike = "UTC"
+) -> DndDecision:
+    """Check `send_at_utc` against `window` in the recipient's `zone` (absent/unknown: `fallback`; pass
+    the campaign zone, or resolve the zone with `recipient_zone` first).
 
     A delayed message goes out at the window end on the right local day (for 21:00-09:00 at 22:00:
     the next morning 09:00; at 03:00: the same morning 09:00).
@@ -48,7 +50,7 @@ def apply_dnd(send_at_utc: datetime, zone: ZoneLike, window: DndWindow | None) -
     require_aware(send_at_utc, "send_at_utc")
     if window is None:
         return DndDecision("send", send_at_utc)
-    tz = resolve_zone(zone)
+    tz = resolve_zone(zone, fallback)
     local = utc_to_local(send_at_utc, tz)
     if not in_window(local.time(), window):
         return DndDecision("send", send_at_utc)
