@@ -85,7 +85,7 @@ def check_linked_url(url: str, policy: LinkedUrlPolicy) -> str | None:
         return "the URL is malformed"
     if parts.scheme not in ("http", "https"):
         return "linked content URLs must use http or https"
-    host = (parts.hostname or "").lower()
+    host = (parts.hostname or "").lower().rstrip(".")
     if not host:
         return "the URL has no host"
     if policy.allow_admin:

@@ -14,6 +14,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from ..secrets import redact
 from .compiler import POSTGRES, Fragment
 from .records import EventRecord, UserRecord
 from .store import AudienceStore, AudienceStoreError
@@ -107,18 +108,21 @@ CREATE TEMP TABLE IF NOT EXISTS staged_users (
 class PostgresAudienceStore(AudienceStore):
     dialect = POSTGRES
 
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8) -> None:
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8, open_timeout: float = 10.0) -> None:
         super().__init__()
         self.url = url
         try:
             self._pool = ConnectionPool(url, min_size=min_size, max_size=max_size, open=True,
                                         kwargs={"autocommit": False}, configure=self._configure)
-            self._pool.wait(timeout=10)
+            self._pool.wait(timeout=open_timeout)
             self._migrate()
-        except (psycopg.Error, Exception) as exc:
-            if isinstance(exc, AudienceStoreError):
-                raise
-            raise AudienceStoreError(f"cannot open PostgreSQL audience store: {type(exc).__name__}") from None
+        except Exception as exc:
+            pool = getattr(self, "_pool", None)
+            if pool is not None:
+                pool.close()
+            detail = redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
+            raise AudienceStoreError(f"cannot open PostgreSQL audience store: {type(exc).__name__}"
+                                     + (f" ({detail})" if detail else "")) from None
 
     @staticmethod
     def _configure(conn: psycopg.Connection[Any]) -> None:
