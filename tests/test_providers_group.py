@@ -386,3 +386,22 @@ async def test_secrets_never_appear_in_results(desired, mock, clock) -> None:
     assert result.status == "failed"
     for secret in ENV.values():
         assert secret not in repr(result)
+
+
+@pytest.mark.anyio
+async def test_failover_when_first_provider_refuses_connections(mock, clock) -> None:
+    import socket
+
+    url, state = mock
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    refused = STATE.replace("  timeoutSeconds: 0.25\n", f"  baseUrl: http://127.0.0.1:{closed_port}\n", 1)
+    desired = load_files([SourceFile("providers.yaml", refused.encode())]).state
+    batch = messages(3)
+    sleeps = Sleeps()
+    async with router(desired, url, clock, sleeps) as r:
+        results = await r.send(batch)
+    assert [x.provider for x in results] == ["p-vonage"] * 3
+    assert all(x.attempts >= 2 for x in results) and sleeps.calls
+    delivered_once(state, batch)

@@ -181,3 +181,13 @@ def test_msg91_without_template_fails_for_the_message_only() -> None:
     with pytest.raises(ProviderError) as caught:
         adapter.build_request(messages_of(fixture))
     assert caught.value.scope == "message" and not caught.value.retryable
+
+
+def test_exotel_status_callback_carries_the_receipt_token() -> None:
+    from reconciler.providers import receipt_token
+
+    fixture = load("exotel")
+    fixture["spec"]["statusCallbackUrl"] = "https://herald.example/receipts/exotel-in"
+    request = adapter_for(fixture).build_request(messages_of(fixture))
+    token = receipt_token(provider_of(fixture), fixture["env"])
+    assert request_body(request)["StatusCallback"] == f"https://herald.example/receipts/exotel-in?token={token}"
