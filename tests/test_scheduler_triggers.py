@@ -88,8 +88,11 @@ def test_start_event_failing_its_filter_is_ignored():
 def test_missing_event_cancels_timers_started_within_the_window_before_it():
     purchase_at = T0 + timedelta(minutes=3)
     action = act(CART, "purchase", {}, when=purchase_at)
-    assert action == CancelTimers("cart", "u1", purchase_at - timedelta(minutes=5), purchase_at)
+    five = timedelta(minutes=5)
+    assert action == CancelTimers("cart", "u1", purchase_at - five, purchase_at, five)
     assert isinstance(action, CancelTimers)
+    assert action.cancels_fire_at(T0 + five)
+    assert not action.cancels_fire_at(purchase_at + five + timedelta(seconds=1))
     assert action.cancels(T0)  # cart 3 min before the purchase
     assert action.cancels(purchase_at)  # same instant counts as followed
     assert not action.cancels(purchase_at + timedelta(seconds=1))  # a newer cart stays pending
@@ -117,7 +120,7 @@ def test_same_event_as_start_and_missing_restarts_the_timer():
     )
     action = act(idle, "app_open", {}, event_id="e9")
     assert isinstance(action, StartTimer)
-    assert action.cancel_first == CancelTimers("idle", "u1", T0 - timedelta(days=1), T0)
+    assert action.cancel_first == CancelTimers("idle", "u1", T0 - timedelta(days=1), T0, timedelta(days=1))
     assert action.fire_at == T0 + timedelta(days=1)
 
 

@@ -44,14 +44,21 @@ class SendNow:
 
 @dataclass(frozen=True)
 class CancelTimers:
+    """Cancel the user's pending timers of `campaign` started in [started_from, started_until]."""
+
     campaign: str
     user_id: str
     started_from: datetime
     started_until: datetime
+    within: timedelta
     kind: Literal["cancel_timers"] = "cancel_timers"
 
     def cancels(self, timer_started_at: datetime) -> bool:
         return self.started_from <= timer_started_at <= self.started_until
+
+    def cancels_fire_at(self, timer_fire_at: datetime) -> bool:
+        """The same test for a timer known by its fire_at (= started_at + within)."""
+        return self.cancels(timer_fire_at - self.within)
 
 
 @dataclass(frozen=True)
@@ -125,7 +132,7 @@ def trigger_for_event(
     cancel = None
     if trigger.inaction and _matches(trigger.inaction.missing, event_name, event_properties, now):
         within = trigger.inaction.within
-        cancel = CancelTimers(campaign.name, user_id, event_time - within, event_time)
+        cancel = CancelTimers(campaign.name, user_id, event_time - within, event_time, within)
     if campaign.spec.paused:
         return cancel or Ignore("campaign is paused")
     if not in_campaign_window(campaign, settings, event_time):
