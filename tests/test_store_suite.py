@@ -72,6 +72,23 @@ def test_migrations_apply_once_and_reopen_safely(store: StateStore, store_url: s
         again.close()
 
 
+def test_an_older_schema_is_upgraded_on_open(store: StateStore, store_url: str, clock: FakeClock,
+                                             raw_sql: Callable[[str], None]) -> None:
+    latest = store.schema_version()
+    assert latest >= 2
+    store.close()
+    # Roll the database back to schema 1 by hand, as an older Herald would have left it.
+    raw_sql("DROP INDEX outbox_by_message_id")
+    raw_sql("CREATE INDEX outbox_by_provider_id ON outbox (provider, provider_message_id)")
+    raw_sql("DELETE FROM schema_migrations WHERE version >= 2")
+    upgraded = open_state_store(store_url, clock=clock)
+    try:
+        assert upgraded.schema_version() == latest
+        raw_sql("DROP INDEX outbox_by_message_id")  # exists again: the migration ran
+    finally:
+        upgraded.close()
+
+
 def test_concurrent_opens_migrate_once(store_url: str, clock: FakeClock) -> None:
     opened: list[StateStore] = []
     errors: list[BaseException] = []
@@ -225,6 +242,29 @@ def test_concurrent_run_creation_yields_one_run(store_url: str, clock: FakeClock
         s.close()
     assert len({run_id for run_id, _ in results}) == 1
     assert sum(created for _, created in results) == 1
+
+
+def test_two_daemons_never_materialize_the_same_run(store_url: str, clock: FakeClock) -> None:
+    stores = [open_state_store(store_url, clock=clock) for _ in range(2)]
+    for minute in range(60):
+        stores[0].create_run("c", clock.now() - timedelta(minutes=minute), spec_hash="h", commit_sha=None, seed=1)
+    claimed: dict[str, list[int]] = {"d1": [], "d2": []}
+
+    def daemon(name: str, s: StateStore) -> None:
+        while runs := s.claim_runs(name, clock.now(), LEASE, limit=3):
+            claimed[name].extend(r.id for r in runs)
+            for run in runs:
+                assert s.update_run(run.id, status="sending", worker_id=name) is not None
+
+    threads = [threading.Thread(target=daemon, args=(n, s)) for n, s in zip(("d1", "d2"), stores, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in stores:
+        s.close()
+    everything = claimed["d1"] + claimed["d2"]
+    assert len(everything) == 60 and len(set(everything)) == 60
 
 
 def test_claim_runs_lease_and_guarded_updates(store: StateStore, clock: FakeClock) -> None:

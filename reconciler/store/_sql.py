@@ -386,36 +386,44 @@ class SqlStateStore(StateStore):
         return sorted((self._outbox(r) for r in rows), key=lambda r: (r.not_before, r.id))
 
     def complete(self, worker_id: str, results: Sequence[SendResult]) -> list[int]:
+        for result in results:
+            if result.status not in ("sent", "failed"):
+                raise ValueError(f"a send result is 'sent' or 'failed', not {result.status!r}")
         now = self._now()
-        accepted: list[int] = []
         with self._transaction(write=True) as tx:
-            for result in results:
-                if result.status not in ("sent", "failed"):
-                    raise ValueError(f"a send result is 'sent' or 'failed', not {result.status!r}")
-                error = redact(result.error) if result.error else None
-                changed = tx.run(
-                    "UPDATE outbox SET status = ?, provider = ?, provider_message_id = ?,"
-                    " attempts = attempts + ?, last_error = ?, segments = ?, cost = ?, sent_at = ?,"
-                    " claimed_by = NULL, lease_until = NULL, updated_at = ?"
-                    " WHERE id = ? AND status = 'claimed' AND claimed_by = ?",
-                    (result.status, result.provider, result.provider_message_id, result.attempts, error,
-                     result.segments, result.cost, now if result.status == "sent" else None, now,
-                     result.outbox_id, worker_id))
-                if changed:
-                    accepted.append(result.outbox_id)
-                    if result.provider and result.provider_message_id:
-                        self._match_early_receipts(tx, result.outbox_id, result.provider,
-                                                   result.provider_message_id)
+            accepted = self._record_results(tx, worker_id, results, now)
+            if accepted:
+                self._match_early_receipts(tx, accepted)
         return accepted
 
-    def _match_early_receipts(self, tx: Tx, outbox_id: int, provider: str, message_id: str) -> None:
+    def _record_results(self, tx: Tx, worker_id: str, results: Sequence[SendResult], now: Any) -> list[int]:
+        """Write outcomes of rows still claimed by worker_id; the ids written."""
+        accepted: list[int] = []
+        for result in results:
+            changed = tx.run(
+                "UPDATE outbox SET status = ?, provider = ?, provider_message_id = ?,"
+                " attempts = attempts + ?, last_error = ?, segments = ?, cost = ?, sent_at = ?,"
+                " claimed_by = NULL, lease_until = NULL, updated_at = ?"
+                " WHERE id = ? AND status = 'claimed' AND claimed_by = ?",
+                (result.status, result.provider, result.provider_message_id, result.attempts,
+                 redact(result.error) if result.error else None, result.segments, result.cost,
+                 now if result.status == "sent" else None, now, result.outbox_id, worker_id))
+            if changed:
+                accepted.append(result.outbox_id)
+        return accepted
+
+    def _match_early_receipts(self, tx: Tx, outbox_ids: Sequence[int]) -> None:
         """A receipt can arrive before the worker records the send; attach it now."""
-        early = tx.rows(
-            "SELECT id, status, error_code, received_at FROM receipts WHERE provider = ?"
-            " AND provider_message_id = ? AND outbox_id IS NULL ORDER BY id", (provider, message_id))
-        for receipt in early:
-            tx.run("UPDATE receipts SET outbox_id = ? WHERE id = ?", (outbox_id, receipt["id"]))
-            self._apply_receipt(tx, outbox_id, receipt["status"], receipt["error_code"], receipt["received_at"])
+        for chunk in _chunks(list(outbox_ids)):
+            early = tx.rows(
+                "SELECT r.id AS receipt_id, r.status, r.error_code, r.received_at, o.id AS outbox_id"
+                " FROM receipts r JOIN outbox o ON o.provider = r.provider"
+                " AND o.provider_message_id = r.provider_message_id"
+                f" WHERE r.outbox_id IS NULL AND o.id IN ({_marks(len(chunk))}) ORDER BY r.id", chunk)
+            for receipt in early:
+                tx.run("UPDATE receipts SET outbox_id = ? WHERE id = ?", (receipt["outbox_id"], receipt["receipt_id"]))
+                self._apply_receipt(tx, receipt["outbox_id"], receipt["status"], receipt["error_code"],
+                                    receipt["received_at"])
 
     def _apply_receipt(self, tx: Tx, outbox_id: int, status: str, error_code: str | None, at: Any) -> None:
         # A final status (delivered/failed/undelivered) is never replaced by an intermediate 'sent'.
