@@ -138,11 +138,12 @@ class MockState:
         with self.lock:
             return self.answers.get((provider, key))
 
-    def accept(self, provider: str, key: str | None, answer: Answer, received: list[Received]) -> None:
+    def accept(self, provider: str, key: str | None, answer: Answer, received: list[Received],
+               scope: str | None = None) -> None:
         with self.lock:
             self.messages.extend(received)
             if key is not None:
-                self.answers[(provider, key)] = answer
+                self.answers[(scope or provider, key)] = answer
             self.counters.setdefault(provider, Counter())["messages"] += len(received)
 
     def query(self, provider: str | None = None, to: str | None = None) -> list[Received]:
@@ -421,7 +422,8 @@ def _handler(type_: str, handle: Callable[[Request, bytes, str | None], Any], st
         faulted = await _apply_fault(state, request, provider, type_, fault)
         if faulted is not None:
             return faulted.response()
-        previous = state.replay(provider, key)
+        scope = f"{provider}/{request.path_params.get('account', '')}"  # two accounts never share keys
+        previous = state.replay(scope, key)
         if previous is not None:
             state.count(provider, "duplicates")
             return previous.response()
@@ -432,7 +434,7 @@ def _handler(type_: str, handle: Callable[[Request, bytes, str | None], Any], st
             return rejected.answer.response()
         if fault is not None and fault.malformed:
             answer = Answer(200, b"<<not what you expected", "text/plain")
-        state.accept(provider, key, answer, received)
+        state.accept(provider, key, answer, received, scope)
         return answer.response()
 
     return endpoint
