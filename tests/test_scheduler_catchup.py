@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from test_scheduler_support import fixed, make_campaign, make_settings, user_mode, utc
 
-from reconciler.scheduler import due_runs, next_due_at, plan_catch_up
+from reconciler.scheduler import due_runs, next_due_at, plan_catch_up, runs_between
 
 LONG_AGO = utc(2026, 1, 1)
 HOURLY = make_campaign(schedule={"cron": "0 * * * *"})
@@ -125,3 +127,18 @@ def test_next_due_at_is_when_the_next_run_opens():
     assert next_due_at(paused, policy("all"), created_at=LONG_AGO, after=utc(2026, 12, 1, 10)) == utc(2026, 12, 1, 11)
     once = make_campaign(schedule={"once": "2026-12-01T09:00:00Z"})
     assert next_due_at(once, policy("all"), created_at=LONG_AGO, after=utc(2026, 12, 1, 10)) is None
+
+
+def test_a_long_outage_only_enumerates_runs_that_could_still_run():
+    minutely = make_campaign(schedule={"cron": "* * * * *"})
+    plan = plan_catch_up(minutely, policy("all", "10m"), created_at=LONG_AGO, last_run_at=utc(2026, 6, 1),
+                         now=utc(2026, 12, 1, 12, 0, 30))
+    assert [run.at for run in plan.run][:2] == [utc(2026, 12, 1, 11, 51), utc(2026, 12, 1, 11, 52)]
+    assert plan.run[-1].at == utc(2026, 12, 1, 12)
+    assert len(plan.run) == 10
+    assert plan.skipped and min(run.at for run in plan.skipped) >= utc(2026, 12, 1, 12) - timedelta(hours=27)
+
+
+def test_endless_enumeration_is_refused():
+    with pytest.raises(ValueError, match="until"):
+        runs_between(HOURLY, policy("all"), created_at=LONG_AGO)

@@ -10,6 +10,8 @@ Definitions (Settings.catchUp):
             (an on-time run is newer and supersedes it).
 - Paused campaigns run nothing: all due runs are dropped, so resuming never replays the pause.
 Pass the previous call's `now` as `last_run_at` (everything at or before it counts as handled).
+Runs that opened before the catch-up horizon (now - max(maxAge, grace) - 26 h) could never run, so
+they are not enumerated (nor listed in `skipped`): a long outage costs no more than a short one.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from datetime import datetime, timedelta
 from ..models import Campaign, Settings
 from .fanout import ON_TIME_GRACE
 from .recurrence import Run, scheduled_runs
-from .zones import require_aware
+from .zones import MAX_UTC_OFFSET, MIN_UTC_OFFSET, require_aware
+
+RUN_SPAN = MAX_UTC_OFFSET - MIN_UTC_OFFSET  # opens_at to closes_at of a user-time-zone run (26 h)
 
 
 @dataclass(frozen=True)
@@ -44,12 +48,15 @@ def plan_catch_up(
     now = require_aware(now, "now")
     if campaign.spec.schedule is None:
         return CatchUpPlan()
-    due = scheduled_runs(campaign, settings, created_at=created_at, after=last_run_at, until=now, by="opens_at")
+    catch_up = settings.spec.catchUp
+    horizon = now - max(catch_up.maxAge, grace) - RUN_SPAN
+    after = max(last_run_at, horizon) if last_run_at else horizon
+    due = scheduled_runs(campaign, settings, created_at=created_at, after=after, until=now, by="opens_at")
     if campaign.spec.paused:
         return CatchUpPlan(skipped=due, reason="paused")
     on_time = [run for run in due if run.closes_at >= now - grace]
     missed = [run for run in due if run.closes_at < now - grace]
-    policy, max_age = settings.spec.catchUp.policy, settings.spec.catchUp.maxAge
+    policy, max_age = catch_up.policy, catch_up.maxAge
     young = [run for run in missed if now - run.closes_at <= max_age]
     if policy == "skip" or not young:
         kept: list[Run] = []

@@ -124,6 +124,8 @@ def scheduled_runs(
     schedule = campaign.spec.schedule
     if schedule is None or limit == 0:
         return []
+    if schedule.recurring and limit is None and until is None and campaign.spec.end is None:
+        raise ValueError("an endless schedule needs `until` or `limit`")
     zone = campaign_zone(campaign, settings)
     user_mode = uses_user_timezone(campaign)
     earliest = earliest_fire(campaign, settings, created_at)
