@@ -173,6 +173,9 @@ def test_deleting_a_campaign_cancels_its_pending_work(store: StateStore, clock: 
     assert store.get_run(planned.id).status == "cancelled"  # type: ignore[union-attr]
     assert store.get_run(run.id).status == "sending"  # type: ignore[union-attr]
     assert {r.status for r in store.list_outbox(campaign="kept")} == {"pending"}
+    # A daemon still materializing the cancelled run cannot add messages to it.
+    assert store.enqueue([OutboxItem("late", "gone", "u9", "+1", clock.now(), run_id=planned.id)]) == 0
+    assert store.list_outbox(campaign="gone", statuses=["pending"]) == []
 
 
 def test_override_pause_and_resume(store: StateStore, clock: FakeClock) -> None:

@@ -358,17 +358,31 @@ class SqlStateStore(StateStore):
         if not items:
             return 0
         now = self._now()
-        params = [
-            (i.idempotency_key, i.run_id, i.campaign, i.spec_hash, i.user_id, i.phone, self._js(dict(i.context)),
-             self._ts(i.not_before), self._ts(i.expires_at), i.status, i.skip_reason, now, now)
-            for i in items
-        ]
         with self._transaction(write=True) as tx:
+            cancelled = self._cancelled_runs(tx, {i.run_id for i in items if i.run_id is not None})
+            params = [
+                (i.idempotency_key, i.run_id, i.campaign, i.spec_hash, i.user_id, i.phone,
+                 self._js(dict(i.context)), self._ts(i.not_before), self._ts(i.expires_at), i.status,
+                 i.skip_reason, now, now)
+                for i in items if i.run_id not in cancelled
+            ]
+            if not params:
+                return 0
             return tx.many(
                 "INSERT INTO outbox (idempotency_key, run_id, campaign, spec_hash, user_id, phone, context,"
                 " not_before, expires_at, status, skip_reason, created_at, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
                 params)
+
+    def _cancelled_runs(self, tx: Tx, run_ids: set[int]) -> set[int]:
+        """Runs cancelled (campaign deleted) must not gain messages. Locking the run rows orders this
+        enqueue against a concurrent delete, whose cancel then sees the rows inserted here."""
+        cancelled = set()
+        for run_id in sorted(run_ids):
+            row = tx.one("SELECT status FROM runs WHERE id = ?" + self.row_lock, (run_id,))
+            if row is not None and row["status"] == "cancelled":
+                cancelled.add(run_id)
+        return cancelled
 
     def claim(self, worker_id: str, limit: int, now: datetime, lease: timedelta) -> list[OutboxRow]:
         at = self._ts(now)

@@ -392,7 +392,10 @@ class StateStore(ABC):
     # outbox
     @abstractmethod
     def enqueue(self, items: Sequence[OutboxItem]) -> int:
-        """Insert-or-ignore by idempotency key; returns how many rows were new."""
+        """Insert-or-ignore by idempotency key; returns how many rows were new.
+
+        Rows of a cancelled run (its campaign was deleted) are dropped, even mid-materialization.
+        """
 
     @abstractmethod
     def claim(self, worker_id: str, limit: int, now: datetime, lease: timedelta) -> list[OutboxRow]:
