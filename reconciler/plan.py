@@ -135,7 +135,7 @@ class Change:
     kind: str
     name: str
     action: Action
-    spec: dict[str, Any] | None = None  # the new canonical document (None for delete)
+    spec: dict[str, Any] | None = None  # the new canonical document (None for delete and noop)
     spec_hash: str | None = None
     old_hash: str | None = None
     diff: tuple[FieldChange, ...] = ()
@@ -443,7 +443,7 @@ def _change(key: tuple[str, str], obj: AppliedObject | None, want: _Desired | No
     if want.loaded is not None:
         line, _, _ = want.loaded.locate()
         source = f"{want.loaded.path}:{line}"
-    return Change(kind, name, action, spec=want.spec, spec_hash=want.hash,
+    return Change(kind, name, action, spec=want.spec if action != "noop" else None, spec_hash=want.hash,
                   old_hash=obj.spec_hash if obj else None, diff=diff, paused_after=paused_after,
                   impact=impact, source=source)
 
