@@ -116,3 +116,16 @@ def test_fixed_mode_sends_every_zone_at_the_single_instant():
     [run] = runs_between(campaign, make_settings(), created_at=LONG_AGO)
     slots = fanout_run(campaign, make_settings(), run, ZONES, created_at=LONG_AGO, now=utc(2026, 12, 1))
     assert {slot.send_at for slot in slots.values()} == {utc(2026, 12, 7, 4, 30)}
+
+
+def test_monthly_user_mode_created_on_the_day_reaches_only_zones_still_before_the_hour():
+    campaign = make_campaign(
+        schedule={"every": {"unit": "months", "day": 7, "at": "10:00"}}, timezone=user_mode("Asia/Kolkata")
+    )
+    created = utc(2026, 12, 7, 12)  # 17:30 in India, 07:00 in New York
+    first, second = runs_between(campaign, make_settings(), created_at=created, limit=2)
+    assert (first.key, second.key) == ("2026-12-07T10:00", "2027-01-07T10:00")
+    slots = fanout_run(campaign, make_settings(), first, ["Asia/Kolkata", "America/New_York"],
+                       created_at=created, now=created)
+    assert slots["Asia/Kolkata"].status == "skipped"  # gets the January run
+    assert (slots["America/New_York"].status, slots["America/New_York"].send_at) == ("scheduled", utc(2026, 12, 7, 15))
