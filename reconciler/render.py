@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from liquid import BoundTemplate, Environment, FalsyStrictUndefined, Undefined
 from liquid.exceptions import LiquidError
+from liquid.stringify import to_liquid_string
 
 from .encoding import SmsEncoding, analyze
 from .secrets import redact
@@ -93,21 +94,54 @@ def compile_for_send(source: str) -> BoundTemplate:
 
 
 _OUTPUT = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
-_SIMPLE_OUTPUT = re.compile(
-    r"^\s*((?:user|event|campaign|linked)(?:\.[A-Za-z_][A-Za-z0-9_]*)+)\s*"
-    r"(?:\|\s*default\s*:\s*(?:'([^'\\]*)'|\"([^\"\\]*)\"))?\s*$")
+_PATH = r"(?:user|event|campaign|linked)(?:\.[A-Za-z_][A-Za-z0-9_]*)+"
+_LITERAL = r"""'[^'\\]*'|"[^"\\]*"|-?[0-9]+"""
+_FILTER = rf"\|\s*([a-z_]+)\s*(?::\s*((?:{_LITERAL})(?:\s*,\s*(?:{_LITERAL}))*))?\s*"
+_SIMPLE_OUTPUT = re.compile(rf"^\s*({_PATH})\s*((?:{_FILTER})*)$")
+_ONE_FILTER = re.compile(_FILTER)
+_ONE_LITERAL = re.compile(_LITERAL)
+# Context-free built-in filters the fast path may call (the very functions Liquid calls).
+FAST_FILTERS = frozenset({
+    "default", "upcase", "downcase", "capitalize", "slice", "truncate", "truncatewords", "append", "prepend",
+    "strip", "lstrip", "rstrip", "replace", "replace_first", "remove", "remove_first", "size", "plus", "minus",
+    "times", "divided_by", "modulo", "round", "ceil", "floor", "abs",
+})
+_SPECIAL_KEYS = frozenset({"size", "first", "last"})
 _MISSING = object()
+_UNSURE = object()
+
+
+@dataclass(frozen=True)
+class _FastOutput:
+    path: tuple[str, ...]
+    filters: tuple[tuple[str, Any, tuple[Any, ...]], ...]  # (name, function, literal args)
+
+
+def _literal_value(text: str) -> Any:
+    return text[1:-1] if text[:1] in "'\"" else int(text)
+
+
+def _lookup(context: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    node: Any = context
+    for key in path:
+        if not isinstance(node, dict):
+            return _UNSURE  # Liquid's .size/.first/.last and string/list access: leave it to Liquid
+        if key not in node:
+            return _UNSURE if key in _SPECIAL_KEYS else _MISSING
+        node = node[key]
+    return node
 
 
 @dataclass(frozen=True)
 class FastTemplate:
-    """Text and plain `{{ a.b }}` / `{{ a.b | default: 'x' }}` outputs, rendered without Liquid.
+    """Text and `{{ a.b | filter: 'literal', 2 }}` outputs, rendered without building a Liquid context.
 
-    Only unambiguous values (non-empty strings, numbers) are rendered here; for anything else
-    render() returns None and the caller renders with Liquid, so the output is always Liquid's.
+    Only the context-free built-in filters are used, and they are Liquid's own functions; when a value
+    is missing (without a leading default), not a plain mapping lookup, or a filter raises, render()
+    returns None and the caller renders with Liquid, so the output is always what Liquid renders.
     """
 
-    parts: tuple[str | tuple[tuple[str, ...], str | None], ...]
+    parts: tuple[str | _FastOutput, ...]
 
     def render(self, context: Mapping[str, Any]) -> str | None:
         out: list[str] = []
@@ -115,40 +149,55 @@ class FastTemplate:
             if isinstance(part, str):
                 out.append(part)
                 continue
-            path, default = part
-            node: Any = context
-            for key in path:
-                node = node.get(key, _MISSING) if isinstance(node, dict) else _MISSING
-                if node is _MISSING:
-                    break
-            if isinstance(node, str) and node:
-                out.append(node)
-            elif isinstance(node, int | float) and not isinstance(node, bool):
-                out.append(str(node))  # Liquid prints numbers with str(), and default keeps 0
-            elif default is not None and (node is _MISSING or node is None or node is False or node == ""):
-                out.append(default)
-            else:
-                return None  # anything else (lists, booleans, strict errors) is Liquid's to render
-        return "".join(out)
+            value = _lookup(context, part.path)
+            filters = part.filters
+            if value is _UNSURE:
+                return None
+            if value is _MISSING:
+                if not filters or filters[0][0] != "default":
+                    return None  # strict: Liquid reports the undefined variable
+                value = filters[0][2][0] if filters[0][2] else ""
+                filters = filters[1:]
+            try:
+                for _, function, args in filters:
+                    value = function(value, *args)
+                out.append(to_liquid_string(value, False))
+            except Exception:
+                return None
+        text = "".join(out)
+        return None if "\r" in text else text  # Liquid's output buffer translates newlines; let it
+
+
+def _fast_output(expression: str) -> _FastOutput | None:
+    simple = _SIMPLE_OUTPUT.match(expression)
+    if simple is None:
+        return None
+    filters = []
+    for name, arguments in _ONE_FILTER.findall(simple.group(2)):
+        if name not in FAST_FILTERS:
+            return None
+        args = tuple(_literal_value(a) for a in _ONE_LITERAL.findall(arguments or ""))
+        filters.append((name, send_environment().filters[name], args))
+    return _FastOutput(tuple(simple.group(1).split(".")), tuple(filters))
 
 
 @lru_cache(maxsize=4096)
 def compile_fast(source: str) -> FastTemplate | None:
     if "{%" in source or "{#" in source:
         return None
-    parts: list[str | tuple[tuple[str, ...], str | None]] = []
+    parts: list[str | _FastOutput] = []
     position = 0
     for match in _OUTPUT.finditer(source):
-        simple = _SIMPLE_OUTPUT.match(match.group(1))
-        if simple is None or match.group(1).startswith("-") or match.group(1).endswith("-"):
+        expression = match.group(1)
+        output = None if expression.startswith("-") or expression.endswith("-") else _fast_output(expression)
+        if output is None:
             return None
         if match.start() > position:
             parts.append(source[position:match.start()])
-        default = simple.group(2) if simple.group(2) is not None else simple.group(3)
-        parts.append((tuple(simple.group(1).split(".")), default))
+        parts.append(output)
         position = match.end()
     tail = source[position:]
-    if "{{" in tail:
+    if "{{" in tail or "}}" in tail:
         return None
     if tail:
         parts.append(tail)

@@ -114,11 +114,18 @@ values = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
                    st.lists(st.text(max_size=3), max_size=2), st.dictionaries(st.text(max_size=2), st.integers(), max_size=1))
 
 
-@settings(max_examples=300, deadline=None)
-@given(value=values, other=values, with_default=st.booleans(), missing=st.booleans())
-def test_fast_path_matches_liquid(value: Any, other: Any, with_default: bool, missing: bool) -> None:
-    source = ("Hi {{ user.a" + (" | default: 'D'" if with_default else "") + " }} and {{ user.b.c }} "
-              "{{ campaign.name }}.")
+FILTER_CHAINS = ["", " | upcase", " | downcase | capitalize", " | slice: 0, 3", " | slice: 1", " | truncate: 5",
+                 " | append: '!' | prepend: \"<\"", " | default: 'D'", " | default", " | size", " | plus: 2",
+                 " | times: 3 | round", " | abs", " | strip", " | replace: 'a', 'b'", " | remove: 'x'",
+                 " | divided_by: 0", " | modulo: 2", " | default: 'D' | upcase", " | upcase | default: 'D'"]
+PATHS = ["user.a", "user.b.c", "user.a.size", "user.b.first", "event.x", "linked.offer.code", "campaign.name"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=values, other=values, missing=st.booleans(), path=st.sampled_from(PATHS),
+       chain=st.sampled_from(FILTER_CHAINS), second=st.sampled_from(FILTER_CHAINS))
+def test_fast_path_matches_liquid(value: Any, other: Any, missing: bool, path: str, chain: str, second: str) -> None:
+    source = "Hi {{ " + path + chain + " }} and {{ user.b.c" + second + " }}."
     fast = compile_fast(source)
     assert fast is not None
     props: dict[str, Any] = {"b": {"c": other}}
@@ -132,10 +139,19 @@ def test_fast_path_matches_liquid(value: Any, other: Any, with_default: bool, mi
     got = fast.render(context)
     if got is not None:  # None means "leave it to Liquid"
         assert got == expected
+    if expected is None:
+        assert got is None
+
+
+def test_fast_path_is_used_for_common_templates() -> None:
+    context = render_context(campaign("x"), member(first_name="Zoë"))
+    fast = compile_fast("{{ user.first_name | default: 'there' | upcase }} {{ user.id | slice: 0, 6 }}")
+    assert fast is not None and fast.render(context) == "ZOË user-1"
 
 
 @pytest.mark.parametrize("source", [
-    "{% if x %}a{% endif %}", "{{ user.a | upcase }}", "{{- user.a }}", "{{ user.a | default: 'x\\'y' }}",
+    "{% if x %}a{% endif %}", "{{ user.a | date: '%B' }}", "{{- user.a }}", "{{ user.a | default: 'x\\'y' }}",
+    "{{ user.a | default: 'x', allow_false: true }}", "{{ user.a | times: 1.5 }}", "{{ 'now' | date: '%B' }}",
     "{{ other.a }}", "{# c #}", "{{ user }}",
 ])
 def test_fast_path_declines_anything_not_plain(source: str) -> None:
