@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import httpx
@@ -141,12 +142,10 @@ def default_client(max_connections: int = 100) -> httpx.AsyncClient:
 
     Sends through aiohttp's pool when available (see transport.py), else httpx's own."""
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    transport: httpx.AsyncBaseTransport | None = None
+    options: dict[str, Any] = {"limits": limits, "timeout": httpx.Timeout(10.0), "follow_redirects": False,
+                               "trust_env": False}
     try:
-        from .transport import AiohttpTransport
+        from .transport import AiohttpTransport, ProviderClient
     except ImportError:  # pragma: no cover - aiohttp is a dependency; keep working without it
-        transport = None
-    else:
-        transport = AiohttpTransport(max_connections=max_connections)
-    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(10.0), follow_redirects=False,
-                             trust_env=False, transport=transport)
+        return httpx.AsyncClient(**options)
+    return ProviderClient(AiohttpTransport(max_connections=max_connections), **options)
