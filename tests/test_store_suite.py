@@ -75,16 +75,18 @@ def test_migrations_apply_once_and_reopen_safely(store: StateStore, store_url: s
 def test_an_older_schema_is_upgraded_on_open(store: StateStore, store_url: str, clock: FakeClock,
                                              raw_sql: Callable[[str], None]) -> None:
     latest = store.schema_version()
-    assert latest >= 2
+    assert latest >= 3
     store.close()
     # Roll the database back to schema 1 by hand, as an older Herald would have left it.
     raw_sql("DROP INDEX outbox_by_message_id")
     raw_sql("CREATE INDEX outbox_by_provider_id ON outbox (provider, provider_message_id)")
+    raw_sql("DROP TABLE schedule_marks")
     raw_sql("DELETE FROM schema_migrations WHERE version >= 2")
     upgraded = open_state_store(store_url, clock=clock)
     try:
         assert upgraded.schema_version() == latest
-        raw_sql("DROP INDEX outbox_by_message_id")  # exists again: the migration ran
+        raw_sql("DROP INDEX outbox_by_message_id")  # exists again: the migrations ran
+        assert upgraded.due_campaigns(clock.now()) == []
     finally:
         upgraded.close()
 
@@ -453,6 +455,23 @@ def test_timers_unique_cancel_and_claim(store: StateStore, clock: FakeClock) -> 
 
 
 # ------------------------------------------------------------------ bookkeeping
+
+
+def test_schedule_marks(store: StateStore, clock: FakeClock) -> None:
+    now = clock.now()
+    store.set_schedule_mark("a", watermark=now, next_due_at=now + timedelta(hours=1))
+    store.set_schedule_mark("b", watermark=None, next_due_at=now - timedelta(minutes=1))
+    store.set_schedule_mark("c", watermark=now, next_due_at=None)
+    store.set_schedule_mark("a", watermark=now, next_due_at=now + timedelta(minutes=30))
+    assert store.due_campaigns(now) == ["b"]
+    assert store.due_campaigns(now + timedelta(hours=2)) == ["b", "a"]
+    marks = store.schedule_marks(["a", "zzz"])
+    assert list(marks) == ["a"] and marks["a"].next_due_at == now + timedelta(minutes=30)
+    assert marks["a"].watermark == now and set(store.schedule_marks()) == {"a", "b", "c"}
+    apply_campaigns(store, clock, "b")
+    store.apply_changes(ChangeSet(base_version=1, commit_sha=None, applied_at=now,
+                                  deletes=[ObjectDelete("Campaign", "b")]))
+    assert "b" not in store.schedule_marks()
 
 
 def test_kv_and_leases(store: StateStore, clock: FakeClock) -> None:

@@ -32,6 +32,7 @@ from .base import (
     Override,
     Run,
     RunStatus,
+    ScheduleMark,
     SendResult,
     StaleStateError,
     StateStore,
@@ -243,6 +244,7 @@ class SqlStateStore(StateStore):
         timers = tx.run(
             "UPDATE timers SET status = 'cancelled', updated_at = ? WHERE campaign = ? AND status = 'pending'",
             (now, campaign))
+        tx.run("DELETE FROM schedule_marks WHERE campaign = ?", (campaign,))
         return outbox, runs, timers
 
     def set_override(self, kind: str, name: str, paused: bool, *, actor: str, reason: str | None,
@@ -352,6 +354,32 @@ class SqlStateStore(StateStore):
         with self._transaction(write=False) as tx:
             row = tx.one("SELECT max(scheduled_for) AS latest FROM runs WHERE campaign = ?", (campaign,))
         return self._dt(row["latest"]) if row else None
+
+    # ------------------------------------------------------------ scheduler bookkeeping
+    def schedule_marks(self, campaigns: Sequence[str] | None = None) -> dict[str, ScheduleMark]:
+        with self._transaction(write=False) as tx:
+            if campaigns is None:
+                rows = tx.rows("SELECT * FROM schedule_marks")
+            else:
+                rows = []
+                for chunk in _chunks(list(campaigns)):
+                    rows += tx.rows(f"SELECT * FROM schedule_marks WHERE campaign IN ({_marks(len(chunk))})", chunk)
+        marks = (ScheduleMark(**self._decode(r, ("watermark", "next_due_at", "updated_at"), ())) for r in rows)
+        return {m.campaign: m for m in marks}
+
+    def set_schedule_mark(self, campaign: str, *, watermark: datetime | None,
+                          next_due_at: datetime | None) -> None:
+        with self._transaction(write=True) as tx:
+            tx.run("INSERT INTO schedule_marks (campaign, watermark, next_due_at, updated_at) VALUES (?, ?, ?, ?)"
+                   " ON CONFLICT (campaign) DO UPDATE SET watermark = excluded.watermark,"
+                   " next_due_at = excluded.next_due_at, updated_at = excluded.updated_at",
+                   (campaign, self._ts(watermark), self._ts(next_due_at), self._now()))
+
+    def due_campaigns(self, now: datetime) -> list[str]:
+        with self._transaction(write=False) as tx:
+            rows = tx.rows("SELECT campaign FROM schedule_marks WHERE next_due_at <= ?"
+                           " ORDER BY next_due_at, campaign", (self._ts(now),))
+        return [r["campaign"] for r in rows]
 
     # ------------------------------------------------------------ outbox
     def enqueue(self, items: Sequence[OutboxItem]) -> int:

@@ -138,7 +138,7 @@ class ChangeSet:
 
     The transaction first checks that the applied-state version is still `base_version`
     (else StaleStateError and nothing is written). Deleting a campaign also cancels its pending
-    outbox rows, pending timers and not-yet-sending runs.
+    outbox rows, pending timers and not-yet-sending runs, and drops its schedule mark.
     """
 
     base_version: int
@@ -180,6 +180,16 @@ class Run:
     claimed_by: str | None
     lease_until: datetime | None
     created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ScheduleMark:
+    """Scheduler bookkeeping for one campaign (see docs/scheduler.md, "How the daemon uses it")."""
+
+    campaign: str
+    watermark: datetime | None  # the last tick that planned this campaign (catch-up starts after it)
+    next_due_at: datetime | None  # None: nothing scheduled any more
     updated_at: datetime
 
 
@@ -388,6 +398,18 @@ class StateStore(ABC):
     @abstractmethod
     def last_run_time(self, campaign: str) -> datetime | None:
         """Latest scheduled_for of any run of the campaign (whatever its status)."""
+
+    @abstractmethod
+    def schedule_marks(self, campaigns: Sequence[str] | None = None) -> dict[str, ScheduleMark]:
+        """Marks of these campaigns (all when None); campaigns never marked are absent."""
+
+    @abstractmethod
+    def set_schedule_mark(self, campaign: str, *, watermark: datetime | None,
+                          next_due_at: datetime | None) -> None: ...
+
+    @abstractmethod
+    def due_campaigns(self, now: datetime) -> list[str]:
+        """Campaigns whose next_due_at <= now, soonest first (unmarked campaigns are the caller's)."""
 
     # outbox
     @abstractmethod

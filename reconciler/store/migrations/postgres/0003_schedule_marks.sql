@@ -1,0 +1,9 @@
+-- Per-campaign scheduler bookkeeping: the last tick that planned it (catch-up watermark) and
+-- when it is next due, so a tick only looks at campaigns that are due.
+CREATE TABLE schedule_marks (
+    campaign    TEXT PRIMARY KEY,
+    watermark   TIMESTAMPTZ,
+    next_due_at TIMESTAMPTZ,
+    updated_at  TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX schedule_marks_due ON schedule_marks (next_due_at);
