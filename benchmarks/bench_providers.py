@@ -83,13 +83,25 @@ def start_mock(port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("mock provider did not start")
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """User+system CPU of this process, or of `pid` (the mock server) from /proc."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def run(router: GroupRouter, group: str, total: int, chunk: int, label: str) -> float:
+async def run(router: GroupRouter, group: str, total: int, chunk: int, label: str,
+              server_pid: int) -> tuple[float, float, float]:
+    """(messages/s wall clock, client CPU µs per message, server CPU µs per message)."""
     sent = 0
     started = time.perf_counter()
+    client_cpu, server_cpu = cpu_seconds(), cpu_seconds(server_pid)
     for start in range(0, total, chunk):
         messages = [OutboundMessage(f"{label}-{i}", f"+14155{i % 1000000:06d}", f"Hello {i}, your code is {i:06d}")
                     for i in range(start, min(total, start + chunk))]
@@ -98,7 +110,9 @@ async def run(router: GroupRouter, group: str, total: int, chunk: int, label: st
     elapsed = time.perf_counter() - started
     if sent != total:
         raise SystemExit(f"{label}: only {sent} of {total} sent")
-    return total / elapsed
+    client_us = (cpu_seconds() - client_cpu) / total * 1e6
+    server_us = (cpu_seconds(server_pid) - server_cpu) / total * 1e6
+    return total / elapsed, client_us, server_us
 
 
 async def main() -> None:
@@ -118,22 +132,28 @@ async def main() -> None:
     try:
         config = RuntimeConfig(provider_base_url=url)
         async with GroupRouter(state.state, config, max_concurrency=args.concurrency) as router:
-            await run(router, "single", 500, 500, "warmup")
+            await run(router, "single", 500, 500, "warmup", mock.pid)
             gc.collect()
             before = rss_mib()
-            unbatched = await run(router, "single", args.messages, args.chunk, "unbatched")
+            unbatched, u_client, u_server = await run(router, "single", args.messages, args.chunk, "unbatched",
+                                                      mock.pid)
             after_unbatched = rss_mib()
-            batched = await run(router, "bulk", args.messages * 5, args.chunk * 5, "batched")
+            batched, b_client, b_server = await run(router, "bulk", args.messages * 5, args.chunk * 5, "batched",
+                                                    mock.pid)
             after_batched = rss_mib()
         stats = httpx.get(f"{url}/_mock/stats").json()
     finally:
         mock.terminate()
         mock.wait(10)
     bulk = stats["providers"]["bench-bulk"]
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, concurrency {args.concurrency}")
-    print(f"unbatched (twilio adapter): {args.messages} messages, {unbatched:,.0f} msg/s")
+    load = os.getloadavg()[0]
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, concurrency {args.concurrency}, "
+          f"load average {load:.2f}")
+    print(f"unbatched (twilio adapter): {args.messages} messages, {unbatched:,.0f} msg/s; CPU per message: "
+          f"client {u_client:.0f} us (one core: {1e6 / u_client:,.0f} msg/s), mock {u_server:.0f} us")
     print(f"batched (generic, {args.batch_size}/request): {args.messages * 5} messages in {bulk['requests']} "
-          f"requests, {batched:,.0f} msg/s")
+          f"requests, {batched:,.0f} msg/s; CPU per message: client {b_client:.0f} us "
+          f"(one core: {1e6 / b_client:,.0f} msg/s), mock {b_server:.0f} us")
     print(f"mock recorded {stats['total'].get('messages', 0)} messages, "
           f"{stats['total'].get('duplicates', 0)} duplicates")
     print(f"client peak RSS: {before:.0f} MiB before, {after_unbatched:.0f} MiB after unbatched, "
