@@ -72,10 +72,11 @@ def schema(out: Path, check: bool) -> None:
         click.echo(f"wrote {path}")
 
 
-from .cli_providers import mock_provider, test_send  # noqa: E402
+from .cli_providers import mock_provider, receipt_urls, test_send  # noqa: E402
 
 main.add_command(test_send)
 main.add_command(mock_provider)
+main.add_command(receipt_urls)
 
 from .cli_audience import ingest, reach  # noqa: E402
 

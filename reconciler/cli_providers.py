@@ -81,3 +81,37 @@ def mock_provider(host: str, port: int, log_level: str) -> None:
 
     click.echo(f"mock provider on http://{host}:{port} (HERALD_PROVIDER_BASE_URL=http://{host}:{port})", err=True)
     serve(host=host, port=port, log_level=log_level)
+
+
+@click.command("receipt-urls")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True))
+@click.option("--base-url", required=True, help="Public scheme://host of the Herald daemon, e.g. https://herald.example")
+def receipt_urls(paths: tuple[str, ...], base_url: str) -> None:
+    """Print the delivery-receipt callback URL to configure at each provider.
+
+    Twilio and Vonage-with-signatureSecret sign their callbacks; the others carry a per-provider
+    token in the URL (derived from HERALD_RECEIPT_SECRET or the provider's credential), so treat the
+    output as a secret.
+    """
+    from .cli import _default_paths
+    from .loading import load_paths
+    from .models.provider import TwilioSpec, VonageSpec
+    from .providers.registry import receipt_token, with_token
+    from .secrets import SecretError
+
+    result = load_paths(_default_paths(paths))
+    if not result.ok:
+        click.echo(render_diagnostics(result.errors, "text"), err=True)
+        sys.exit(2)
+    for name, provider in sorted(result.state.providers.items()):
+        url = f"{base_url.rstrip('/')}/receipts/{name}"
+        spec = provider.spec
+        if isinstance(spec, TwilioSpec) or (isinstance(spec, VonageSpec) and spec.signatureSecret):
+            click.echo(f"{name}\t{url}\t(signed by the provider)")
+            continue
+        try:
+            token = receipt_token(provider)
+        except SecretError as exc:
+            click.echo(f"{name}\t-\t({exc})")
+            continue
+        click.echo(f"{name}\t{with_token(url, token)}" if token else f"{name}\t-\t(no credential to derive a token)")

@@ -149,3 +149,30 @@ def test_cli_test_send_through_the_mock(mock, monkeypatch: pytest.MonkeyPatch) -
 def test_cli_mock_provider_help() -> None:
     result = CliRunner().invoke(main, ["mock-provider", "--help"])
     assert result.exit_code == 0 and "--port" in result.output
+
+
+def test_cli_receipt_urls_prints_tokens_that_the_receipt_routes_accept(monkeypatch: pytest.MonkeyPatch) -> None:
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    from reconciler.http.receipts import receipt_routes
+    from reconciler.loading import load_paths
+
+    for key, value in SECRETS.items():
+        monkeypatch.setenv(key, value)
+    paths = [str(ROOT / "providers"), str(ROOT / "campaigns")]
+    result = CliRunner().invoke(main, ["receipt-urls", "--base-url", "https://herald.example/", *paths])
+    assert result.exit_code == 0, result.output
+    lines = dict(line.split("\t", 1) for line in result.output.strip().splitlines())
+    assert lines["twilio-us"].endswith("(signed by the provider)")
+    exotel_url = lines["exotel-in"]
+    assert exotel_url.startswith("https://herald.example/receipts/exotel-in?token=")
+
+    class Sink:
+        def record_receipt(self, *args: object) -> bool:
+            return True
+
+    app = Starlette(routes=receipt_routes(load_paths(paths).state, Sink()))
+    path = exotel_url.removeprefix("https://herald.example")
+    answer = TestClient(app).post(path, data={"SmsSid": "s1", "Status": "delivered"})
+    assert answer.status_code == 200

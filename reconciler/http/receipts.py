@@ -4,7 +4,7 @@ Signed callbacks are verified: Twilio's X-Twilio-Signature (base64 HMAC-SHA1 of 
 sorted POST parameters, keyed by the auth token) and Vonage's `sig` (when the provider has a
 signatureSecret). Providers that do not sign (MSG91, Exotel, Netcore, generic HTTP, Vonage without a
 signature secret) must call a URL carrying `?token=…`, the per-provider token from
-`reconciler.providers.registry.receipt_token` (printed by `herald test-send --show-receipt-urls`).
+`reconciler.providers.registry.receipt_token` (printed by `herald receipt-urls --base-url …`).
 
 Forged or missing signatures/tokens get 403, malformed callbacks 400, an unknown provider 404, and a
 sink failure 503 (so the provider retries later); never 500. A receipt for a message the sink does not
