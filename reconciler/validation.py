@@ -135,12 +135,7 @@ def _check_campaigns(state: DesiredState) -> Iterator[Diagnostic]:
         elif group_name is None:
             yield _diag(doc, ["spec"], "no providerGroup given and no group is marked default")
         elif not spec.message.templateId:
-            for provider_name in state.groups[group_name].spec.providers:
-                provider = state.providers.get(provider_name)
-                if provider and provider_needs_template_id(provider):
-                    yield _diag(doc, ["spec", "message"],
-                                f"provider '{provider_name}' (group '{group_name}') needs message.templateId")
-                    break
+            yield from _check_template_id(state, doc, campaign, group_name)
         if spec.audience.segment and spec.audience.segment not in state.segments:
             yield _diag(doc, ["spec", "audience", "segment"], f"unknown segment '{spec.audience.segment}'")
         if spec.schedule and spec.schedule.cron and not croniter.is_valid(spec.schedule.cron):
@@ -152,6 +147,21 @@ def _check_campaigns(state: DesiredState) -> Iterator[Diagnostic]:
         if spec.timezone and spec.timezone.mode == "fixed" and spec.timezone.zone is None:
             yield _diag(doc, ["spec", "timezone", "zone"], "fixed timezone mode needs 'zone'")
         yield from _check_templates(doc, campaign)
+
+
+def _check_template_id(state: DesiredState, doc: LoadedDocument, campaign: Campaign,
+                       group_name: str) -> Iterator[Diagnostic]:
+    """Providers that need a template id, in the campaign's group or (routing by country) any country group."""
+    groups = [group_name]
+    if campaign.spec.providerGroup is None:
+        groups += [name for name, group in state.groups.items() if group.spec.countries and name != group_name]
+    for name in groups:
+        for provider_name in state.groups[name].spec.providers:
+            provider = state.providers.get(provider_name)
+            if provider and provider_needs_template_id(provider):
+                yield _diag(doc, ["spec", "message"],
+                            f"provider '{provider_name}' (group '{name}') needs message.templateId")
+                return
 
 
 def _check_templates(doc: LoadedDocument, campaign: Campaign) -> Iterator[Diagnostic]:

@@ -1,0 +1,220 @@
+"""Delivery workers: claim outbox rows, render, send through the provider groups, record outcomes.
+
+Exactly-once rules:
+- A row is inserted (with its idempotency key) before anything is sent; sending needs a claim.
+- A claim is a lease: a worker that dies leaves its rows claimed until the lease ends, then any
+  worker re-claims them and sends again with the SAME idempotency key (header and provider client
+  reference), so a provider that deduplicates (the mock, and APIs that honour idempotency keys)
+  accepts it once. Only the claiming worker can record the outcome (`complete` checks claimed_by).
+- Retryable failures (every provider of the group failed transiently) go back to the queue with
+  backoff; after MAX_CLAIMS claims they are recorded as failed, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import phonenumbers
+
+from . import audit
+from .linked import LinkedContentFetcher, LinkedUrlPolicy
+from .loading import DesiredState
+from .models import Campaign, Provider
+from .providers.base import OutboundMessage
+from .providers.base import SendResult as ProviderResult
+from .providers.group import GroupRouter
+from .render import Rendered, render_message
+from .runs import member_from_context
+from .runtime import OUTBOX_LEASE, Runtime
+from .secrets import redact
+from .store.base import OutboxRow, SendResult
+
+LOG = logging.getLogger("herald.delivery")
+CLAIM_BATCH = 200
+MAX_CLAIMS = 6
+RETRY_BASE = timedelta(seconds=5)
+
+
+def message_cost(provider: Provider | None, phone: str, segments: int) -> float | None:
+    """Price of one message from the provider's per-segment price for the destination country."""
+    if provider is None or provider.spec.pricing is None:
+        return None
+    prices = provider.spec.pricing.perSegment
+    try:
+        region = phonenumbers.region_code_for_number(phonenumbers.parse(phone, None))
+    except phonenumbers.NumberParseException:
+        region = None
+    price = prices.get(region or "", prices.get("*"))
+    return None if price is None else round(price * segments, 6)
+
+
+@dataclass
+class BatchOutcome:
+    claimed: int = 0
+    sent: int = 0
+    failed: int = 0
+    retried: int = 0
+    skipped: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class DeliveryWorker:
+    """One claim → render → send → record loop; run several per daemon (they share the router)."""
+
+    def __init__(self, rt: Runtime, router: GroupRouter, state: DesiredState, *,
+                 linked: LinkedContentFetcher | None = None, batch_size: int = CLAIM_BATCH) -> None:
+        self.rt = rt
+        self.router = router
+        self.state = state
+        self.batch_size = batch_size
+        self.linked = linked or LinkedContentFetcher(clock=rt.clock, policy=LinkedUrlPolicy())
+        self._campaigns: dict[str, Campaign] = {}
+
+    def campaign_for(self, row: OutboxRow) -> Campaign | None:
+        key = row.spec_hash or f"live:{row.campaign}"
+        if key not in self._campaigns:
+            spec = self.rt.store.spec_by_hash(row.spec_hash) if row.spec_hash else None
+            campaign = Campaign.model_validate(spec) if spec else self.state.campaigns.get(row.campaign)
+            if campaign is None:
+                return None
+            self._campaigns[key] = campaign
+        return self._campaigns[key]
+
+    async def run_once(self) -> BatchOutcome:
+        """Claim one batch and deliver it. Returns what happened (claimed == 0: nothing was due)."""
+        now = self.rt.clock.now()
+        rows = await asyncio.to_thread(self.rt.store.claim, self.rt.worker_id, self.batch_size, now, OUTBOX_LEASE)
+        outcome = BatchOutcome(claimed=len(rows))
+        if not rows:
+            return outcome
+        by_campaign: dict[str, list[OutboxRow]] = defaultdict(list)
+        for row in rows:
+            by_campaign[row.campaign].append(row)
+        await asyncio.gather(*(self._deliver_campaign(name, group, outcome) for name, group in by_campaign.items()))
+        return outcome
+
+    async def _deliver_campaign(self, name: str, rows: list[OutboxRow], outcome: BatchOutcome) -> None:
+        campaign = self.campaign_for(rows[0])
+        if campaign is None:
+            await self._skip(rows, "campaign deleted", outcome)
+            return
+        ready: list[tuple[OutboxRow, Rendered]] = []
+        for row in rows:
+            rendered = await self._render(campaign, row)
+            if isinstance(rendered, str):
+                await self._skip([row], rendered, outcome)
+            else:
+                ready.append((row, rendered))
+        if not ready:
+            return
+        messages = [OutboundMessage(message_id=row.idempotency_key, to=row.phone, body=r.body,
+                                    template_id=campaign.spec.message.templateId,
+                                    template_variables=r.template_variables,
+                                    metadata={"campaign": name, "run": str(row.run_id or "")})
+                    for row, r in ready]
+        results = await self.router.send(messages, group=campaign.spec.providerGroup)
+        await self._record(campaign, ready, results, outcome)
+
+    async def _render(self, campaign: Campaign, row: OutboxRow) -> Rendered | str:
+        member = member_from_context(row.context)
+        event = row.context.get("event")
+        linked_values: dict[str, Any] | None = None
+        if campaign.spec.message.linkedContent:
+            fetched = await asyncio.to_thread(self.linked.fetch, campaign, member, event=event)
+            if fetched.action == "skip_user":
+                return "linked_content: " + "; ".join(fetched.errors)
+            if fetched.action == "abort_run":
+                await asyncio.to_thread(self._abort_run, campaign, row, fetched.errors)
+                return "linked_content_abort: " + "; ".join(fetched.errors)
+            linked_values = fetched.values
+        rendered = render_message(campaign, member, event=event, linked=linked_values)
+        if isinstance(rendered, Rendered):
+            return rendered
+        return f"render_error: {rendered.reason}"
+
+    def _abort_run(self, campaign: Campaign, row: OutboxRow, errors: Sequence[str]) -> None:
+        cancelled = self.rt.store.cancel_pending(campaign.name, row.run_id)
+        self.rt.store.append_audit([audit.audit_record(
+            "run_aborted", at=self.rt.clock.now(), actor=self.rt.actor, kind="Campaign", name=campaign.name,
+            details={"run_id": row.run_id, "reason": "linked content failed (onError: abort_run)",
+                     "errors": list(errors), "cancelled": cancelled})])
+
+    async def _skip(self, rows: Sequence[OutboxRow], reason: str, outcome: BatchOutcome) -> None:
+        reason = redact(reason)
+        await asyncio.to_thread(self.rt.store.skip, [r.id for r in rows], reason, worker_id=self.rt.worker_id)
+        label = reason.split(":")[0]
+        outcome.skipped[label] += len(rows)
+        self.rt.metrics.skips.labels(reason=label).inc(len(rows))
+
+    async def _record(self, campaign: Campaign, ready: list[tuple[OutboxRow, Rendered]],
+                      results: Sequence[ProviderResult], outcome: BatchOutcome) -> None:
+        now = self.rt.clock.now()
+        by_key = {r.message_id: r for r in results}
+        final: list[SendResult] = []
+        retry: list[OutboxRow] = []
+        for row, rendered in ready:
+            result = by_key[row.idempotency_key]
+            if result.status == "failed" and result.retryable and row.claim_count < MAX_CLAIMS:
+                retry.append(row)
+                continue
+            provider = self.state.providers.get(result.provider or "")
+            final.append(SendResult(
+                outbox_id=row.id, status=result.status, provider=result.provider,
+                provider_message_id=result.provider_message_id, attempts=result.attempts, error=result.error,
+                segments=rendered.segments,
+                cost=message_cost(provider, row.phone, rendered.segments) if result.status == "sent" else None))
+            self.rt.metrics.sends.labels(provider=result.provider or "none", status=result.status).inc()
+            self.rt.metrics.send_wait.observe(max(0.0, (now - row.not_before).total_seconds()))
+        if final:
+            await asyncio.to_thread(self.rt.store.complete, self.rt.worker_id, final)
+        for row in retry:
+            backoff = RETRY_BASE * (2 ** max(0, row.claim_count - 1))
+            error = by_key[row.idempotency_key].error
+            await asyncio.to_thread(self.rt.store.release, self.rt.worker_id, [row.id],
+                                    retry_at=now + backoff, error=error)
+        sent = sum(1 for r in final if r.status == "sent")
+        outcome.sent += sent
+        outcome.failed += len(final) - sent
+        outcome.retried += len(retry)
+        if final:
+            await asyncio.to_thread(self._audit_batch, campaign, ready, final)
+
+    def _audit_batch(self, campaign: Campaign, ready: list[tuple[OutboxRow, Rendered]],
+                     final: Sequence[SendResult]) -> None:
+        providers: dict[str, int] = defaultdict(int)
+        for result in final:
+            providers[f"{result.provider or 'none'}:{result.status}"] += 1
+        runs = sorted({row.run_id for row, _ in ready if row.run_id is not None})
+        obj = self.rt.store.get_object("Campaign", campaign.name)
+        commit = None
+        if runs:
+            run = self.rt.store.get_run(runs[0])
+            commit = run.commit_sha if run else None
+        elif obj is not None:
+            commit = obj.commit_sha
+        self.rt.store.append_audit([audit.audit_record(
+            audit.SEND, at=self.rt.clock.now(), actor=self.rt.actor, kind="Campaign", name=campaign.name,
+            commit_sha=commit,
+            details={"messages": len(final), "by_provider_status": dict(providers), "runs": runs})])
+
+
+async def drain(workers: Sequence[DeliveryWorker], max_batches: int = 1000) -> BatchOutcome:
+    """Run the workers until nothing is due (or max_batches): used by the demo and tests."""
+    total = BatchOutcome()
+    for _ in range(max_batches):
+        outcomes = await asyncio.gather(*(w.run_once() for w in workers))
+        for o in outcomes:
+            total.claimed += o.claimed
+            total.sent += o.sent
+            total.failed += o.failed
+            total.retried += o.retried
+            for k, v in o.skipped.items():
+                total.skipped[k] += v
+        if all(o.claimed == 0 for o in outcomes):
+            break
+    return total

@@ -1,0 +1,167 @@
+"""Live campaigns: turn incoming events into outbox rows now, at a date from the event, or after
+an inaction timer (added_to_cart with no purchase within 5 minutes).
+
+Every live message has an idempotency key derived from the campaign, the user and the event (or
+the timer), so an event delivered twice, or a timer fired twice after a crash, enqueues one row.
+A live campaign with a subset limit sends to the first N qualifying users, then it ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from . import audit
+from .audience.reach import select_audience, user_in_audience
+from .audience.records import EventRecord, Member
+from .loading import DesiredState
+from .models import Campaign
+from .render import event_context
+from .runs import plan_outbox_items
+from .runtime import TIMER_LEASE, Runtime
+from .scheduling import (
+    CancelTimers,
+    ScheduleAt,
+    SendNow,
+    StartTimer,
+    ZoneSlot,
+    in_campaign_window,
+    timer_should_fire,
+    trigger_for_event,
+)
+from .store.base import Timer, idempotency_key
+
+LOG = logging.getLogger("herald.live")
+COMPLETED_KEY = "live:completed:{}"
+
+
+def event_id(event: EventRecord) -> str:
+    """Stable identity of an event (the same event ingested twice has the same id)."""
+    payload = json.dumps([event.user_id, event.name, event.ts.isoformat(), event.properties],
+                         sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def handle_events(rt: Runtime, state: DesiredState, events: Sequence[EventRecord]) -> Counter[str]:
+    """Apply every live campaign's trigger to each event; returns counts by outcome."""
+    outcomes: Counter[str] = Counter()
+    live = [c for c in state.campaigns.values() if c.spec.type == "live"]
+    if not live:
+        return outcomes
+    members: dict[str, Member | None] = {}
+    for event in events:
+        if event.user_id not in members:
+            members[event.user_id] = rt.audience.get_user(event.user_id)
+        member = members[event.user_id]
+        for campaign in live:
+            outcomes[_handle_one(rt, state, campaign, event, member)] += 1
+    return outcomes
+
+
+def _handle_one(rt: Runtime, state: DesiredState, campaign: Campaign, event: EventRecord,
+                member: Member | None) -> str:
+    now = rt.clock.now()
+    eid = event_id(event)
+    action = trigger_for_event(campaign, event.name, event.properties, event.ts,
+                               member.timezone if member else None, user_id=event.user_id, event_id=eid,
+                               settings=state.settings, now=now)
+    if isinstance(action, CancelTimers):
+        rt.store.cancel_timers(campaign.name, event.user_id)
+        return "timers_cancelled"
+    if isinstance(action, StartTimer):
+        if action.cancel_first is not None:
+            rt.store.cancel_timers(campaign.name, event.user_id)
+        context = {"event": event_context(event), "started_at": action.started_at.isoformat()}
+        rt.store.add_timer(campaign.name, event.user_id, action.fire_at, action.key, context)
+        return "timer_started"
+    if isinstance(action, SendNow | ScheduleAt):
+        if member is None or not member.reachable:
+            return "unreachable"
+        send_at = action.at if isinstance(action, SendNow) else action.send_at
+        return enqueue_live(rt, state, campaign, member, send_at=send_at, event=event_context(event),
+                            key=idempotency_key("live", campaign.name, event.user_id, eid))
+    return action.kind
+
+
+def enqueue_live(rt: Runtime, state: DesiredState, campaign: Campaign, member: Member, *, send_at: datetime,
+                 event: dict[str, Any] | None, key: str) -> str:
+    """Enqueue one live message after the audience, live limits, DND and caps checks."""
+    now = rt.clock.now()
+    if rt.store.kv_get(COMPLETED_KEY.format(campaign.name)):
+        return "campaign_completed"
+    if not user_in_audience(rt.audience, campaign, state, member.user_id, now):
+        return "not_in_audience"
+    day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    selection = select_audience(rt.audience, campaign, state, now, seed=0,
+                                already_sent_today=rt.store.campaign_sent_count(campaign.name, since=day_start),
+                                sent_total=rt.store.campaign_sent_count(campaign.name))
+    if selection.complete:
+        _complete(rt, campaign)
+        return "campaign_completed"
+    if selection.remaining is not None and selection.remaining <= 0:
+        return "daily_limit"
+    slots = {member.timezone: ZoneSlot(member.timezone, send_at, send_at, "scheduled")}
+    items = plan_outbox_items(rt, state, campaign, [member], slots, key=lambda _m: key, run=None, now=now,
+                              event=event)
+    applied = rt.store.get_object("Campaign", campaign.name)
+    items = [_with_spec(item, applied.spec_hash if applied else None) for item in items]
+    new = rt.store.enqueue(items)
+    if items[0].status == "skipped":
+        return f"skipped:{items[0].skip_reason}"
+    return "enqueued" if new else "duplicate"
+
+
+def _with_spec(item: Any, spec_hash: str | None) -> Any:
+    from dataclasses import replace
+
+    return replace(item, spec_hash=spec_hash)
+
+
+def _complete(rt: Runtime, campaign: Campaign) -> None:
+    key = COMPLETED_KEY.format(campaign.name)
+    if rt.store.kv_get(key):
+        return
+    rt.store.kv_set(key, rt.clock.now().isoformat())
+    obj = rt.store.get_object("Campaign", campaign.name)
+    rt.store.append_audit([audit.audit_record(
+        "campaign_completed", at=rt.clock.now(), actor=rt.actor, kind="Campaign", name=campaign.name,
+        commit_sha=obj.commit_sha if obj else None,
+        details={"reason": "subset limit reached", "limit": campaign.spec.audience.subset.limit
+                 if campaign.spec.audience.subset else None})])
+
+
+def fire_due_timers(rt: Runtime, state: DesiredState, limit: int = 500) -> Counter[str]:
+    """Inaction timers that came due: re-check that the missing event did not happen, then enqueue."""
+    now = rt.clock.now()
+    outcomes: Counter[str] = Counter()
+    timers = rt.store.due_timers(rt.worker_id, now, limit, TIMER_LEASE)
+    for timer in timers:
+        outcomes[_fire(rt, state, timer)] += 1
+    if timers:
+        rt.store.complete_timers(rt.worker_id, [t.id for t in timers])
+    return outcomes
+
+
+def _fire(rt: Runtime, state: DesiredState, timer: Timer) -> str:
+    campaign = state.campaigns.get(timer.campaign)
+    if campaign is None or campaign.spec.paused or campaign.spec.trigger is None:
+        return "campaign_inactive"
+    inaction = campaign.spec.trigger.inaction
+    if inaction is None:
+        return "not_inaction"
+    started_at = datetime.fromisoformat(timer.context["started_at"])
+    missing = rt.audience.events_for(timer.user_id, inaction.missing.name, started_at, now=rt.clock.now())
+    if not timer_should_fire(started_at, inaction.within, [e.ts for e in missing]):
+        return "cancelled_by_event"
+    if not in_campaign_window(campaign, state.settings, timer.fire_at):
+        return "outside_window"
+    member = rt.audience.get_user(timer.user_id)
+    if member is None or not member.reachable:
+        return "unreachable"
+    return enqueue_live(rt, state, campaign, member, send_at=rt.clock.now(), event=timer.context.get("event"),
+                        key=idempotency_key("timer", timer.campaign, timer.key))

@@ -1,0 +1,244 @@
+"""Scheduled runs: decide which runs are due, then materialize each into outbox rows.
+
+A run is created once per (campaign, opening moment) in the state store, so several daemons can
+tick the scheduler without creating it twice. Materializing selects the audience, enforces the
+safety limit, fans out by time zone, applies DND and frequency caps, and inserts one outbox row per
+user keyed by sha256(run id, user id): re-materializing after a crash inserts nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from . import audit
+from .alerts import safety_block_alert
+from .audience.reach import select_audience
+from .audience.records import Member
+from .loading import DesiredState
+from .models import Campaign
+from .runtime import RUN_LEASE, Runtime
+from .scheduling import (
+    ZoneSlot,
+    apply_dnd,
+    cap_decision,
+    effective_caps,
+    effective_dnd,
+    expires_at,
+    fanout_run,
+    local_day_bounds,
+    plan_catch_up,
+    recipient_zone,
+)
+from .scheduling.recurrence import Run as ScheduledRun
+from .scheduling.recurrence import scheduled_runs
+from .store.base import AppliedState, OutboxItem, Run, idempotency_key
+
+LOG = logging.getLogger("herald.runs")
+LAST_TICK_KEY = "scheduler:last_tick"
+MATERIALIZE_BATCH = 2000
+
+
+def member_context(member: Member, event: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What an outbox row keeps to render at send time (the user as selected, the triggering event)."""
+    context: dict[str, Any] = {"member": {
+        "user_id": member.user_id, "phone": member.phone, "timezone": member.timezone,
+        "country": member.country, "properties": member.properties,
+    }}
+    if event is not None:
+        context["event"] = event
+    return context
+
+
+def member_from_context(context: dict[str, Any]) -> Member:
+    data = context["member"]
+    return Member(user_id=data["user_id"], phone=data["phone"], timezone=data.get("timezone"),
+                  country=data.get("country"), properties=dict(data.get("properties") or {}))
+
+
+# ---------------------------------------------------------------- which runs are due
+
+
+def schedule_tick(rt: Runtime, state: DesiredState, applied: AppliedState) -> list[Run]:
+    """Create the runs that are due now (and record runs the catch-up policy drops). Idempotent."""
+    now = rt.clock.now()
+    last_tick = _parse_time(rt.store.kv_get(LAST_TICK_KEY))
+    created: list[Run] = []
+    for name, campaign in state.campaigns.items():
+        obj = applied.get("Campaign", name)
+        if obj is None or campaign.spec.type != "past_behavior":
+            continue
+        plan = plan_catch_up(campaign, state.settings, created_at=obj.created_at, last_run_at=last_tick, now=now)
+        for sched in plan.run:
+            run, new = rt.store.create_run(name, sched.opens_at, spec_hash=obj.spec_hash,
+                                           commit_sha=obj.commit_sha, seed=random.getrandbits(31))
+            if new:
+                created.append(run)
+        for sched in plan.skipped:
+            rt.store.create_run(name, sched.opens_at, spec_hash=obj.spec_hash, commit_sha=obj.commit_sha,
+                                seed=0, status="skipped", reason=plan.reason or "missed")
+    rt.store.kv_set(LAST_TICK_KEY, now.isoformat())
+    return created
+
+
+def _parse_time(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else None
+
+
+def scheduled_run_for(campaign: Campaign, state: DesiredState, created_at: datetime,
+                      opens_at: datetime) -> ScheduledRun | None:
+    """The schedule occurrence a stored run stands for (stored by its opening moment)."""
+    found = scheduled_runs(campaign, state.settings, created_at=created_at,
+                           after=opens_at - timedelta(microseconds=1), until=opens_at, by="opens_at", limit=1)
+    return found[0] if found else None
+
+
+# ---------------------------------------------------------------- materialization
+
+
+@dataclass
+class MaterializeResult:
+    run_id: int
+    status: str
+    targeted: int = 0
+    enqueued: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    reason: str | None = None
+
+
+def materialize_due_runs(rt: Runtime, state: DesiredState, applied: AppliedState, limit: int = 5
+                         ) -> list[MaterializeResult]:
+    runs = rt.store.claim_runs(rt.worker_id, rt.clock.now(), RUN_LEASE, limit=limit)
+    return [materialize_run(rt, state, applied, run) for run in runs]
+
+
+def materialize_run(rt: Runtime, state: DesiredState, applied: AppliedState, run: Run) -> MaterializeResult:
+    obj = applied.get("Campaign", run.campaign)
+    spec = rt.store.spec_by_hash(run.spec_hash)
+    if obj is None or spec is None or obj.paused:
+        reason = "campaign deleted" if obj is None else "campaign paused"
+        rt.store.update_run(run.id, status="cancelled", reason=reason, worker_id=rt.worker_id)
+        return MaterializeResult(run.id, "cancelled", reason=reason)
+    campaign = Campaign.model_validate(spec)
+    sched = scheduled_run_for(campaign, state, obj.created_at, run.scheduled_for)
+    if sched is None:
+        reason = "the schedule no longer has this run"
+        rt.store.update_run(run.id, status="cancelled", reason=reason, worker_id=rt.worker_id)
+        return MaterializeResult(run.id, "cancelled", reason=reason)
+    now = rt.clock.now()
+    day_start = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    selection = select_audience(rt.audience, campaign, state, now, seed=run.seed,
+                                already_sent_today=rt.store.campaign_sent_count(campaign.name, since=day_start))
+    details = {"run_id": run.id, "scheduled_for": run.scheduled_for.isoformat(), **selection.to_dict()}
+    if selection.blocked:
+        return _block(rt, run, campaign, selection.safety.reason, details, selection)
+    enqueued, skipped = _enqueue_members(rt, state, campaign, run, sched, selection.members(MATERIALIZE_BATCH))
+    counts = {"qualified": selection.qualified, "skipped": skipped, "seed": selection.seed}
+    rt.store.update_run(run.id, status="sending", targeted=selection.target, enqueued=enqueued, counts=counts,
+                        worker_id=rt.worker_id)
+    rt.store.append_audit([audit.audit_record(
+        audit.RUN_STARTED, at=now, actor=rt.actor, kind="Campaign", name=campaign.name, commit_sha=run.commit_sha,
+        details={**details, "enqueued": enqueued, "skipped": skipped})])
+    rt.metrics.runs.labels(outcome="started").inc()
+    return MaterializeResult(run.id, "sending", selection.target, enqueued, skipped)
+
+
+def _block(rt: Runtime, run: Run, campaign: Campaign, reason: str, details: dict[str, Any],
+           selection: Any) -> MaterializeResult:
+    rt.store.update_run(run.id, status="blocked", targeted=selection.qualified, reason=reason,
+                        counts={"qualified": selection.qualified, "safety": details["safety"]},
+                        worker_id=rt.worker_id)
+    rt.store.append_audit([audit.audit_record(
+        audit.RUN_BLOCKED, at=rt.clock.now(), actor=rt.actor, kind="Campaign", name=campaign.name,
+        commit_sha=run.commit_sha, details=details)])
+    rt.alerts.send(safety_block_alert(campaign, selection.safety, run_id=str(run.id)))
+    rt.metrics.runs.labels(outcome="blocked").inc()
+    LOG.warning("run %s of %s blocked: %s", run.id, campaign.name, reason)
+    return MaterializeResult(run.id, "blocked", selection.qualified, reason=reason)
+
+
+def _enqueue_members(rt: Runtime, state: DesiredState, campaign: Campaign, run: Run, sched: ScheduledRun,
+                     batches: Iterable[list[Member]]) -> tuple[int, dict[str, int]]:
+    obj_created = run.created_at
+    slots: dict[str | None, ZoneSlot] = {}
+    enqueued = 0
+    skipped: dict[str, int] = defaultdict(int)
+    now = rt.clock.now()
+    for members in batches:
+        missing = {m.timezone for m in members} - set(slots)
+        if missing:
+            slots.update(fanout_run(campaign, state.settings, sched, missing,
+                                    created_at=_created_at(rt, campaign, obj_created), now=now))
+        items = plan_outbox_items(rt, state, campaign, members, slots,
+                                  key=lambda m: idempotency_key("run", run.id, m.user_id), run=run, now=now)
+        enqueued += rt.store.enqueue(items)
+        for item in items:
+            if item.status == "skipped":
+                skipped[item.skip_reason or "skipped"] += 1
+    return enqueued, dict(skipped)
+
+
+def _created_at(rt: Runtime, campaign: Campaign, fallback: datetime) -> datetime:
+    obj = rt.store.get_object("Campaign", campaign.name)
+    return obj.created_at if obj else fallback
+
+
+def plan_outbox_items(rt: Runtime, state: DesiredState, campaign: Campaign, members: Sequence[Member],
+                      slots: dict[str | None, ZoneSlot], *, key: Any, run: Run | None, now: datetime,
+                      event: dict[str, Any] | None = None) -> list[OutboxItem]:
+    """One outbox item per member: pending with its send time, or skipped with the reason."""
+    dnd = effective_dnd(campaign, state.settings)
+    send_times: dict[str, tuple[datetime, datetime] | str] = {}
+    for member in members:
+        slot = slots.get(member.timezone)
+        if slot is None or slot.send_at is None:
+            send_times[member.user_id] = f"schedule: {slot.reason if slot else 'no slot'}"
+            continue
+        zone = recipient_zone(campaign, state.settings, member.timezone)
+        decision = apply_dnd(slot.send_at, zone, dnd)
+        if decision.send_at is None:
+            send_times[member.user_id] = "dnd"
+        else:
+            send_times[member.user_id] = (decision.send_at, slot.scheduled_for)
+    blocked_by_cap = _capped_users(rt, state, campaign, members, send_times)
+    items = []
+    for member in members:
+        timing = send_times[member.user_id]
+        base = dict(idempotency_key=key(member), campaign=campaign.name, user_id=member.user_id,
+                    phone=member.phone, context=member_context(member, event),
+                    run_id=run.id if run else None, spec_hash=run.spec_hash if run else None)
+        if isinstance(timing, str) or member.user_id in blocked_by_cap:
+            reason = timing if isinstance(timing, str) else blocked_by_cap[member.user_id]
+            items.append(OutboxItem(**base, not_before=now, status="skipped", skip_reason=reason))
+            continue
+        send_at, scheduled_for = timing
+        items.append(OutboxItem(**base, not_before=send_at,
+                                expires_at=expires_at(campaign, state.settings, now, scheduled_for=scheduled_for)))
+    return items
+
+
+def _capped_users(rt: Runtime, state: DesiredState, campaign: Campaign, members: Sequence[Member],
+                  send_times: dict[str, tuple[datetime, datetime] | str]) -> dict[str, str]:
+    """Users whose per-day cap (global and/or campaign) is already reached on their local send day."""
+    if effective_caps(campaign, state.settings) == (None, None):
+        return {}
+    by_day: dict[tuple[datetime, datetime], list[str]] = defaultdict(list)
+    for member in members:
+        timing = send_times[member.user_id]
+        if isinstance(timing, tuple):
+            zone = recipient_zone(campaign, state.settings, member.timezone)
+            by_day[local_day_bounds(timing[0], zone)].append(member.user_id)
+    capped: dict[str, str] = {}
+    for (start, end), user_ids in by_day.items():
+        total = rt.store.sent_count(user_ids, start, until=end)
+        own = rt.store.sent_count(user_ids, start, until=end, campaign=campaign.name)
+        for user_id in user_ids:
+            decision = cap_decision(campaign, state.settings, total.get(user_id, 0), own.get(user_id, 0))
+            if not decision.allowed:
+                capped[user_id] = f"frequency_cap: {decision.reason}"
+    return capped
