@@ -191,3 +191,13 @@ def test_exotel_status_callback_carries_the_receipt_token() -> None:
     request = adapter_for(fixture).build_request(messages_of(fixture))
     token = receipt_token(provider_of(fixture), fixture["env"])
     assert request_body(request)["StatusCallback"] == f"https://herald.example/receipts/exotel-in?token={token}"
+
+
+def test_msg91_keeps_its_flow_id_when_the_campaign_gives_a_dlt_template_id() -> None:
+    fixture = load("msg91")
+    fixture["spec"]["templateId"] = "64f0c1e2d6fc0512a46b3b22"
+    adapter = adapter_for(fixture)
+    dlt = messages_of(fixture)[0]  # template_id 1107160000000000002: a DLT id
+    assert request_body(adapter.build_request([dlt]))["template_id"] == "64f0c1e2d6fc0512a46b3b22"
+    flow = OutboundMessage(dlt.message_id, dlt.to, dlt.body, "65aa00000000000000000001")
+    assert request_body(adapter.build_request([flow]))["template_id"] == "65aa00000000000000000001"

@@ -40,9 +40,17 @@ class Msg91Adapter(ProviderAdapter):
         self.auth_key = resolve_secret(spec.authKey, environ)
         self.url = httpx.URL(f"{self.base_url}/api/v5/flow/")
 
+    def template_for(self, message: OutboundMessage) -> str | None:
+        """The campaign's template id overrides the provider's flow id, except when it is a numeric DLT
+        template id (meant for DLT gateways in the same group) and the provider names its own flow."""
+        campaign = message.template_id
+        if campaign and not (campaign.isdigit() and self.spec.templateId):
+            return campaign
+        return self.spec.templateId or campaign
+
     def build_request(self, batch: Sequence[OutboundMessage]) -> httpx.Request:
         (message,) = batch
-        template_id = message.template_id or self.spec.templateId
+        template_id = self.template_for(message)
         if not template_id:
             raise ProviderError("msg91 needs a template id (campaign message.templateId or provider templateId)",
                                 retryable=False, scope="message")
