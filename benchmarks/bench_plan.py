@@ -6,6 +6,7 @@ Run: .venv/bin/python benchmarks/bench_plan.py [--campaigns N] [--postgres DSN]
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 import time
 from collections.abc import Callable
@@ -97,7 +98,7 @@ def main() -> None:
                      lambda: compute_plan(loaded.state, AppliedState.empty(), commit=snapshot.info, clock=clock),
                      figures)
         for fmt in ("text", "json", "markdown"):
-            timed(f"render {fmt}", lambda fmt=fmt: render_plan(plan, fmt), figures)
+            timed(f"render {fmt}", functools.partial(render_plan, plan, fmt), figures)
         figures["END TO END: git read + load + plan + render text"] = (
             figures["git: read 1 commit"] + figures["load + validate (from git blobs)"]
             + figures["plan vs empty state (all create, with impact)"] + figures["render text"])
