@@ -31,6 +31,7 @@ from .store.base import (
 )
 
 MAX_DIFF_IN_AUDIT = 50
+RECONCILE_ATTEMPTS = 3
 PAST_TENSE = {"create": "created", "update": "updated", "delete": "deleted", "pause": "paused",
               "resume": "resumed", "noop": "unchanged"}
 
@@ -113,11 +114,17 @@ def check_plan(plan: Plan, current: AppliedState, *, allow_prune: bool) -> Apply
     return None
 
 
-def apply_plan(store: StateStore, plan: Plan, *, clock: Clock, actor: str, allow_prune: bool = False) -> ApplyResult:
-    """Apply `plan` atomically. Raises ApplyRefused (recorded in audit) when it may not be applied."""
+def apply_plan(store: StateStore, plan: Plan, *, clock: Clock, actor: str, allow_prune: bool = False,
+               audit_stale: bool = True) -> ApplyResult:
+    """Apply `plan` atomically. Raises ApplyRefused (recorded in audit) when it may not be applied.
+
+    audit_stale=False raises StalePlanError without an audit entry (for callers that re-plan).
+    """
     current = store.applied_state()
     commit_sha = plan.commit_sha
     problem = check_plan(plan, current, allow_prune=allow_prune)
+    if isinstance(problem, StalePlanError) and not audit_stale:
+        raise problem
     if problem is not None:
         _refuse(store, problem, clock=clock, actor=actor, commit_sha=commit_sha)
     if not plan.has_changes and not plan.clear_overrides and commit_sha == current.commit_sha:
@@ -132,9 +139,10 @@ def apply_plan(store: StateStore, plan: Plan, *, clock: Clock, actor: str, allow
             base_version=plan.base_version, commit_sha=commit_sha, applied_at=now, writes=writes,
             deletes=deletes, clear_overrides=plan.clear_overrides, audit=records))
     except StaleStateError as exc:  # another apply won the race between our check and our write
-        _refuse(store, StalePlanError(f"stale plan: {exc}", {"plan_version": exc.expected,
-                                                              "current_version": exc.actual}),
-                clock=clock, actor=actor, commit_sha=commit_sha)
+        stale = StalePlanError(f"stale plan: {exc}", {"plan_version": exc.expected, "current_version": exc.actual})
+        if not audit_stale:
+            raise stale from None
+        _refuse(store, stale, clock=clock, actor=actor, commit_sha=commit_sha)
         raise  # unreachable: _refuse raises
     return ApplyResult(applied=True, version=outcome.version, commit_sha=commit_sha, counts=plan.counts(),
                        cancelled_outbox=outcome.cancelled_outbox, cancelled_runs=outcome.cancelled_runs,
@@ -170,16 +178,31 @@ def _audit_records(plan: Plan, *, at: Any, actor: str, allow_prune: bool) -> lis
 
 def reconcile(store: StateStore, snapshot: CommitSnapshot, *, clock: Clock, actor: str = "daemon",
               allow_prune: bool = False, reach: ReachEstimator | None = None, source: str = "") -> ApplyResult:
-    """Load, validate, plan and apply one commit (the daemon's reconcile step). Idempotent."""
+    """Load, validate, plan and apply one commit (the daemon's reconcile step). Idempotent.
+
+    A commit that is already the applied one is not even parsed (polling an unchanged branch is
+    cheap); operator overrides do not need a re-apply.
+    """
+    current = store.applied_state()
+    if current.commit_sha == snapshot.sha:
+        return ApplyResult(applied=False, version=current.version, commit_sha=current.commit_sha)
     loaded = snapshot.load()
     if not loaded.ok:
         errors = [str(d) for d in loaded.errors]
         _refuse(store, InvalidDesiredState(f"commit {snapshot.sha[:10]} has {len(errors)} validation error(s)",
                                            {"errors": errors[:20]}),
                 clock=clock, actor=actor, commit_sha=snapshot.sha)
-    plan = compute_plan(loaded.state, store.applied_state(), commit=snapshot.info, source=source,
-                        clock=clock, reach=reach)
-    return apply_plan(store, plan, clock=clock, actor=actor, allow_prune=allow_prune)
+    for attempt in range(RECONCILE_ATTEMPTS):
+        plan = compute_plan(loaded.state, current, commit=snapshot.info, source=source, clock=clock, reach=reach)
+        try:
+            return apply_plan(store, plan, clock=clock, actor=actor, allow_prune=allow_prune,
+                              audit_stale=attempt == RECONCILE_ATTEMPTS - 1)
+        except StalePlanError:
+            # Another daemon (or an operator) changed the state meanwhile: re-plan against it.
+            current = store.applied_state()
+            if current.commit_sha == snapshot.sha:
+                return ApplyResult(applied=False, version=current.version, commit_sha=current.commit_sha)
+    raise AssertionError("unreachable: the last attempt audits and raises")
 
 
 # ---------------------------------------------------------------- the applied state as models

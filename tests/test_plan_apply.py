@@ -199,3 +199,28 @@ def test_reconcile_commits_end_to_end(store: StateStore, clock: FakeClock, tmp_p
             reconcile(store, read_commit(repo), clock=clock)
     assert audit_actions(store, commit=bad) == ["apply_refused"]
     assert store.applied_state().commit_sha == second
+
+
+def test_reconcile_loses_a_race_gracefully(store: StateStore, store_url: str, clock: FakeClock,
+                                           tmp_path: Path) -> None:
+    """Two daemons reconcile one commit at once: one applies, the other re-plans and finds it done."""
+    from reconciler.store import open_state_store
+
+    repo = Repo.init(tmp_path / "repo", initial_branch="main")
+    _git_commit(repo, {"providers/acme.yaml": PROVIDERS, "campaigns/promo.yaml": campaign_yaml("promo")}, "Add")
+    snapshot = read_commit(repo)
+    other_daemon = open_state_store(store_url, clock=clock)
+    raced = []
+
+    def reach_while_the_other_daemon_applies(campaign: object, state: object) -> int:
+        if not raced:  # called while planning, after the state was read: the other daemon wins now
+            raced.append(reconcile(other_daemon, snapshot, clock=clock, actor="daemon-2"))
+        return 1
+
+    try:
+        result = reconcile(store, snapshot, clock=clock, actor="daemon-1", reach=reach_while_the_other_daemon_applies)
+    finally:
+        other_daemon.close()
+    assert raced[0].applied and not result.applied
+    assert audit_actions(store, actions=["apply", "apply_refused"]) == ["apply"]
+    assert store.query_audit(AuditQuery(actions=["apply"]))[0].actor == "daemon-2"
