@@ -16,6 +16,9 @@ class RateLimit(StrictModel):
 
     messagesPerSecond: float = Field(gt=0, le=100000)
     burst: int | None = Field(default=None, ge=1, description="Bucket size; defaults to one second's worth.")
+    unit: Literal["message", "segment"] = Field(
+        default="message", description="What one token pays for: a message, or one SMS segment (US long codes)."
+    )
 
 
 class Pricing(StrictModel):

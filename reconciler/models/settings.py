@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from .campaign import DndWindow
-from .common import DocumentBase, Duration, StrictModel
+from .common import DocumentBase, Duration, SecretValue, StrictModel
 
 
 class GlobalFrequencyCap(StrictModel):
@@ -20,6 +20,25 @@ class SafetyDefaults(StrictModel):
 
 class AlertSettings(StrictModel):
     webhookUrl: str | None = Field(default=None, description="Slack-compatible webhook for owner alerts.")
+
+
+class GitHubStatusSettings(StrictModel):
+    """Report each apply as a commit status (context herald/apply) through the GitHub REST API."""
+
+    repository: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$",
+        description="owner/name; defaults to the repository the daemon reads.",
+    )
+    apiBaseUrl: str = Field(default="https://api.github.com", description="GitHub Enterprise: https://HOST/api/v3.")
+    token: SecretValue | None = Field(default=None, description="Defaults to the HERALD_GITHUB_TOKEN env variable.")
+
+
+class NotificationSettings(StrictModel):
+    """Where Herald reports each apply (once per commit and result)."""
+
+    github: GitHubStatusSettings | None = None
+    webhookUrl: Annotated[str | SecretValue, Field(union_mode="left_to_right")] | None = Field(
+        default=None, description="Slack-compatible webhook for apply results (a URL or a secretRef).")
 
 
 class CatchUp(StrictModel):
@@ -45,6 +64,7 @@ class SettingsSpec(StrictModel):
     dnd: DndWindow | None = None
     safety: SafetyDefaults = Field(default_factory=SafetyDefaults)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     catchUp: CatchUp = Field(default_factory=CatchUp)
     validity: Duration | None = None
     freezeWindows: list[FreezeWindow] = Field(default_factory=list)
