@@ -527,3 +527,12 @@ def test_audit_queries_and_redaction(store: StateStore, clock: FakeClock) -> Non
     assert first.details == {"token": "***"}
     with pytest.raises(ValueError):
         log.record("Not An Action")
+
+
+def test_unreachable_postgres_is_a_clear_error_without_the_password() -> None:
+    with pytest.raises(StoreError) as info:
+        open_state_store("postgresql://herald:hunter2-secret@127.0.0.1:1/herald")
+    assert "cannot connect to PostgreSQL at postgresql://herald:***@127.0.0.1:1/herald" in str(info.value)
+    assert "hunter2-secret" not in str(info.value)
+    with pytest.raises(StoreError, match="unsupported state store URL"):
+        open_state_store("mysql://localhost/herald")

@@ -70,6 +70,7 @@ class PostgresStateStore(SqlStateStore):
                  max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
         super().__init__(clock)
         self.dsn = dsn
+        self._migrate_once()
         self._pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] = ConnectionPool(
             dsn, min_size=1, max_size=max_connections, open=False,
             kwargs={"row_factory": dict_row, "autocommit": True},
@@ -80,8 +81,16 @@ class PostgresStateStore(SqlStateStore):
         except PoolTimeout as exc:
             self._pool.close()
             raise StoreError(f"cannot connect to PostgreSQL at {safe_dsn(dsn)}") from exc
-        with self._pool.connection() as conn:
-            migrate_postgres(conn)
+
+    def _migrate_once(self) -> None:
+        """Connect once directly: a clear error at once if unreachable, and the schema migrated."""
+        try:
+            with psycopg.connect(self.dsn, connect_timeout=int(CONNECT_TIMEOUT_SECONDS), autocommit=True,
+                                 row_factory=dict_row) as conn:
+                migrate_postgres(conn)
+        except psycopg.OperationalError as exc:
+            reason = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            raise StoreError(f"cannot connect to PostgreSQL at {safe_dsn(self.dsn)}: {reason}") from None
 
     @contextmanager
     def _transaction(self, write: bool) -> Iterator[_PgTx]:
