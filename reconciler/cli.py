@@ -88,6 +88,11 @@ from .cli_state import STATE_COMMANDS  # noqa: E402
 for _command in STATE_COMMANDS:
     main.add_command(_command)
 
+from .cli_engine import ENGINE_COMMANDS  # noqa: E402
+
+for _command in ENGINE_COMMANDS:
+    main.add_command(_command)
+
 
 if __name__ == "__main__":
     main()

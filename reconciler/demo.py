@@ -167,3 +167,72 @@ def demo_world(workdir: Path, *, population: int = 200, state_url: str | None = 
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _events(world: DemoWorld, raw: list[dict[str, Any]]) -> None:
+    """Ingest live events the way the HTTP endpoint does: store them, then run the live triggers."""
+    records = [parse_event(e) for e in raw]
+    world.engine.rt.audience.insert_events(records)
+    world.engine.on_events(records)
+
+
+def run_demo(workdir: Path, *, population: int = 300, fmt: str = "table",
+             echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """The demo story; returns the figures it printed (tests assert on them)."""
+    from .audit import render_table
+    from .report import build_report, report_json, report_table, summary_dict
+    from .store.base import AuditQuery
+
+    with demo_world(workdir, population=population) as world:
+        store = world.engine.rt.store
+        echo(f"mock provider on {world.mock_url}; {population} users ingested; simulated clock at "
+             f"{world.clock.now():%Y-%m-%d %H:%M} UTC")
+        world.step()
+        applied = store.applied_state()
+        echo(f"applied commit {applied.commit_sha[:10] if applied.commit_sha else '-'}: "
+             f"{len(applied.objects)} objects (version {applied.version})")
+
+        now = world.clock.now()
+        signups = [{"user_id": f"u{i:05d}", "name": "signed_up", "ts": now.isoformat(),
+                    "first_name": FIRST_NAMES[i % len(FIRST_NAMES)]} for i in range(3)]
+        carts = [{"user_id": f"u{i:05d}", "name": "added_to_cart", "ts": now.isoformat(), "value": 45,
+                  "product_name": "running shoes", "cart_id": f"c{i}"} for i in range(10, 14)]
+        _events(world, signups + carts)
+        _events(world, [{"user_id": "u00010", "name": "purchase", "ts": (now + timedelta(minutes=2)).isoformat(),
+                         "amount": 45}])
+        echo("live: 3 sign-ups (welcome), 4 carts of which 1 was bought within 5 minutes")
+        world.advance_to(now + timedelta(minutes=10), every=timedelta(minutes=5))
+
+        echo("advancing the clock through the flash sale (10:00 in every user's zone on 2026-12-04) "
+             "and Friday's win-back …")
+        world.advance_to(datetime(2026, 12, 5, 3, 0, tzinfo=UTC), every=timedelta(minutes=30))
+        sent = store.list_outbox(campaign="flash-sale", statuses=["sent"], limit=100_000)
+        buyers = [{"user_id": row.user_id, "name": "purchase",
+                   "ts": ((row.sent_at or world.clock.now()) + timedelta(hours=3)).isoformat(), "amount": 60}
+                  for row in sent[::4]]
+        _events(world, buyers)
+        world.advance_to(datetime(2026, 12, 5, 12, 0, tzinfo=UTC), every=timedelta(hours=1))
+
+        reports = build_report(store, world.engine.rt.audience, world.engine.state, now=world.clock.now())
+        stats = world.run(lambda: _mock_stats(world.mock_url))
+        if fmt == "json":
+            echo(report_json(reports))
+        else:
+            echo("")
+            echo(report_table(reports))
+            echo("")
+            echo("provider (mock) received: " + ", ".join(f"{k}={v}" for k, v in sorted(stats.items())))
+            audit_entries = store.query_audit(AuditQuery(newest_first=True, limit=12))
+            echo("")
+            echo("audit (newest 12):")
+            echo(render_table(list(reversed(audit_entries))))
+        return {"reports": summary_dict(reports), "provider_messages": stats}
+
+
+async def _mock_stats(base_url: str) -> dict[str, int]:
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        data = (await client.get(f"{base_url}/_mock/stats")).json()
+    providers = data.get("providers", {})
+    return {name: int(counts.get("messages", 0)) for name, counts in providers.items()}

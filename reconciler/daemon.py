@@ -1,0 +1,170 @@
+"""`herald run`: the long-running reconciler daemon.
+
+It polls git (and syncs at once on a verified webhook), reconciles, ticks the scheduler, runs the
+delivery workers, and serves: /healthz, /metrics, /webhook/git, /v1/events + /v1/users (live
+ingest), /receipts/{provider} and the dashboard. SIGTERM/SIGINT stop it gracefully: the current
+batch finishes and is recorded; anything unfinished stays claimed until its lease ends and another
+worker (or this daemon after restart) sends it with the same idempotency key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+
+from .audience.records import EventRecord
+from .engine import LAST_ERROR_KEY, Engine
+from .http.events import event_routes
+from .http.receipts import receipt_routes
+from .http.security import BodyTooLarge, bearer_token_ok, github_signature_ok, read_limited_body, unauthorized
+
+LOG = logging.getLogger("herald.daemon")
+
+
+@dataclass
+class DaemonOptions:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    poll_interval: float = 30.0
+    tick_interval: float = 1.0
+    webhook_secret: str | None = None
+    public_base_url: str | None = None
+
+
+class Daemon:
+    def __init__(self, engine: Engine, options: DaemonOptions) -> None:
+        self.engine = engine
+        self.options = options
+        self.stopping = asyncio.Event()
+        self.sync_now = asyncio.Event()
+        self.started = asyncio.Event()
+        self._last_sync = 0.0
+        self.app = Starlette(routes=self.routes())
+
+    # ------------------------------------------------------------ HTTP
+
+    def routes(self) -> list[BaseRoute]:
+        rt = self.engine.rt
+        routes: list[BaseRoute] = [
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/webhook/git", self.git_webhook, methods=["POST"]),
+            Route("/admin/sync", self.admin_sync, methods=["POST"]),
+            *event_routes(rt.audience, token=rt.config.admin_token, clock=rt.clock, on_events=self.on_events),
+            *receipt_routes(self.engine.state, rt.store, clock=rt.clock, public_base_url=self.options.public_base_url),
+        ]
+        with contextlib.suppress(ImportError):
+            from .http.dashboard import dashboard_routes
+
+            routes.append(Mount("/dashboard", routes=dashboard_routes(self.engine)))
+        return routes
+
+    async def healthz(self, request: Request) -> Response:
+        store = self.engine.rt.store
+        try:
+            applied = await asyncio.to_thread(store.applied_state)
+            last_error = await asyncio.to_thread(store.kv_get, LAST_ERROR_KEY)
+        except Exception as exc:  # the store is down: unhealthy, but say why without a traceback
+            return JSONResponse({"status": "error", "error": type(exc).__name__}, status_code=503)
+        return JSONResponse({"status": "ok", "applied_version": applied.version,
+                             "last_applied_commit": applied.commit_sha, "last_error": last_error})
+
+    async def metrics(self, request: Request) -> Response:
+        store = self.engine.rt.store
+        self.engine.rt.metrics.queue_depth.set(await asyncio.to_thread(store.queue_depth))
+        return Response(self.engine.rt.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def git_webhook(self, request: Request) -> Response:
+        """GitHub-style push webhook: X-Hub-Signature-256 must match HERALD_WEBHOOK_SECRET."""
+        if not self.options.webhook_secret:
+            return JSONResponse({"error": "webhook secret not configured"}, status_code=403)
+        try:
+            body = await read_limited_body(request, 262_144)
+        except BodyTooLarge as exc:
+            return JSONResponse({"error": str(exc)}, status_code=413)
+        if not github_signature_ok(self.options.webhook_secret, body, request.headers.get("x-hub-signature-256")):
+            return JSONResponse({"error": "bad signature"}, status_code=403)
+        self.sync_now.set()
+        return JSONResponse({"status": "sync scheduled"}, status_code=202)
+
+    async def admin_sync(self, request: Request) -> Response:
+        if not bearer_token_ok(request, self.engine.rt.config.admin_token):
+            return unauthorized()
+        self.sync_now.set()
+        return JSONResponse({"status": "sync scheduled"}, status_code=202)
+
+    async def on_events(self, events: list[EventRecord]) -> None:
+        outcomes = await asyncio.to_thread(self.engine.on_events, events)
+        LOG.debug("live events handled: %s", dict(outcomes))
+
+    # ------------------------------------------------------------ loop
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        server = _QuietServer(uvicorn.Config(self.app, host=self.options.host, port=self.options.port,
+                                             log_level="warning", lifespan="off", access_log=False))
+        serving = asyncio.create_task(server.serve())
+        try:
+            await self._loop()
+        finally:
+            server.should_exit = True
+            await serving
+            await self.engine.aclose()
+            LOG.info("stopped")
+
+    def stop(self) -> None:
+        LOG.info("shutting down: finishing the current batch")
+        self.stopping.set()
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.started.set()
+        while not self.stopping.is_set():
+            due = loop.time() - self._last_sync >= self.options.poll_interval or self.sync_now.is_set()
+            if due:
+                self.sync_now.clear()
+                self._last_sync = loop.time()
+            try:
+                _, outcome = await self.engine.step(sync=due)
+            except Exception:
+                LOG.exception("engine step failed; retrying")
+                self.engine.rt.metrics.reconcile_errors.labels(stage="step").inc()
+                outcome = None
+            if outcome is not None and outcome.claimed:
+                continue  # more may be waiting: go again without sleeping
+            await self._sleep(self.options.tick_interval)
+
+    async def _sleep(self, seconds: float) -> None:
+        stop = asyncio.create_task(self.stopping.wait())
+        sync = asyncio.create_task(self.sync_now.wait())
+        _, pending = await asyncio.wait({stop, sync}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the daemon owns SIGTERM/SIGINT and shuts down in order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def webhook_secret_from_env(environ: dict[str, Any] | None = None) -> str | None:
+    env = os.environ if environ is None else environ
+    return env.get("HERALD_WEBHOOK_SECRET") or None
