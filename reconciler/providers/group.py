@@ -41,6 +41,7 @@ from .base import (
 from .registry import build_adapter, default_client
 
 SleepFn = Callable[[float], Awaitable[None]]
+BeforeSend = Callable[[str, Sequence[OutboundMessage]], Awaitable[object]]  # e.g. ratelimit.SendRateGuard
 BreakerState = Literal["closed", "open", "half-open"]
 
 
@@ -143,7 +144,8 @@ class GroupRouter:
     def __init__(self, state: DesiredState, config: RuntimeConfig | None = None, clock: Clock | None = None,
                  *, client: httpx.AsyncClient | None = None, sleep: SleepFn = asyncio.sleep,
                  rng: random.Random | None = None, retry: RetryPolicy | None = None,
-                 max_concurrency: int = 64, environ: dict[str, str] | None = None) -> None:
+                 max_concurrency: int = 64, environ: dict[str, str] | None = None,
+                 before_send: BeforeSend | None = None) -> None:
         self.state = state
         self.config = config or RuntimeConfig()
         self.clock: Clock = clock or SystemClock()
@@ -153,6 +155,7 @@ class GroupRouter:
         self.rng = rng or random.Random()
         self.retry = retry or RetryPolicy()
         self.environ = environ
+        self.before_send = before_send  # awaited before every request (attempt) to a provider
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._adapters: dict[str, ProviderAdapter | ProviderError] = {}
         self._breakers: dict[str, CircuitBreakerState] = {}
@@ -283,6 +286,8 @@ class GroupRouter:
                 return []
             if respect_breaker and not breaker.acquire(self.clock.now(), settings):
                 return chunk
+            if self.before_send is not None:  # outside the semaphore: waiting holds no request slot
+                await self.before_send(adapter.name, [p.message for p in chunk])
             async with self._semaphore:
                 outcomes = await adapter.submit([p.message for p in chunk])
             retry_later = self._settle(adapter.name, chunk, outcomes, tally)
