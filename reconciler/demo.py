@@ -212,6 +212,8 @@ def run_demo(workdir: Path, *, population: int = 300, fmt: str = "table",
                   for row in sent[::4]]
         _events(world, buyers)
         world.advance_to(datetime(2026, 12, 5, 12, 0, tzinfo=UTC), every=timedelta(hours=1))
+        receipts = world.run(lambda: post_delivery_receipts(world))
+        echo(f"delivery receipts: {receipts} accepted through /receipts/{{provider}} (signed/tokened callbacks)")
 
         reports = build_report(store, world.engine.rt.audience, world.engine.state, now=world.clock.now())
         stats = world.run(lambda: _mock_stats(world.mock_url))
@@ -236,3 +238,42 @@ async def _mock_stats(base_url: str) -> dict[str, int]:
         data = (await client.get(f"{base_url}/_mock/stats")).json()
     providers = data.get("providers", {})
     return {name: int(counts.get("messages", 0)) for name, counts in providers.items()}
+
+
+RECEIPT_BASE_URL = "http://herald.demo.local"
+
+
+async def post_delivery_receipts(world: DemoWorld, *, undelivered_every: int = 17) -> int:
+    """Play the providers' part: send a status callback for each sent message through the daemon's
+    receipt endpoints (Twilio signed with the auth token, generic HTTP with its URL token). Batched
+    generic providers answer with one batch id, so the mock gives no per-message receipt ids for them."""
+    import httpx
+    from starlette.applications import Starlette
+
+    from .http.receipts import receipt_routes, twilio_signature
+    from .providers.registry import receipt_token, with_token
+    from .secrets import resolve_secret
+
+    engine = world.engine
+    app = Starlette(routes=receipt_routes(engine.state, engine.rt.store, clock=engine.rt.clock,
+                                          public_base_url=RECEIPT_BASE_URL))
+    accepted = 0
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=RECEIPT_BASE_URL) as client:
+        for index, row in enumerate(engine.rt.store.list_outbox(statuses=["sent"], limit=100_000)):
+            provider = engine.state.providers.get(row.provider or "")
+            if provider is None or not row.provider_message_id:
+                continue
+            status = "undelivered" if index % undelivered_every == 0 else "delivered"
+            url = f"{RECEIPT_BASE_URL}/receipts/{provider.name}"
+            if provider.spec.type == "twilio":
+                params = {"MessageSid": row.provider_message_id, "MessageStatus": status}
+                token = resolve_secret(provider.spec.authToken)
+                headers = {"X-Twilio-Signature": twilio_signature(token, url, params)}
+                response = await client.post(url, data=params, headers=headers)
+            elif provider.spec.type == "generic_http" and provider.spec.batching is None:
+                params = {"message_id": row.provider_message_id, "status": status}
+                response = await client.post(with_token(url, receipt_token(provider)), data=params)
+            else:
+                continue
+            accepted += response.status_code < 300
+    return accepted
