@@ -146,10 +146,19 @@ class DeliveryWorker:
 
     async def _skip(self, rows: Sequence[OutboxRow], reason: str, outcome: BatchOutcome) -> None:
         reason = redact(reason)
-        await asyncio.to_thread(self.rt.store.skip, [r.id for r in rows], reason, worker_id=self.rt.worker_id)
+        await asyncio.to_thread(self._skip_and_audit, rows, reason)
         label = reason.split(":")[0]
         outcome.skipped[label] += len(rows)
         self.rt.metrics.skips.labels(reason=label).inc(len(rows))
+
+    def _skip_and_audit(self, rows: Sequence[OutboxRow], reason: str) -> None:
+        skipped = self.rt.store.skip([r.id for r in rows], reason, worker_id=self.rt.worker_id)
+        if skipped:
+            self.rt.store.append_audit([audit.audit_record(
+                audit.SKIP, at=self.rt.clock.now(), actor=self.rt.actor, kind="Campaign", name=rows[0].campaign,
+                commit_sha=self._commit_of(rows[0]),
+                details={"messages": skipped, "reason": reason, "users": [r.user_id for r in rows[:20]],
+                         "runs": sorted({r.run_id for r in rows if r.run_id is not None})})])
 
     async def _record(self, campaign: Campaign, ready: list[tuple[OutboxRow, Rendered]],
                       results: Sequence[ProviderResult], outcome: BatchOutcome) -> None:
@@ -190,17 +199,20 @@ class DeliveryWorker:
         for result in final:
             providers[f"{result.provider or 'none'}:{result.status}"] += 1
         runs = sorted({row.run_id for row, _ in ready if row.run_id is not None})
-        obj = self.rt.store.get_object("Campaign", campaign.name)
-        commit = None
-        if runs:
-            run = self.rt.store.get_run(runs[0])
-            commit = run.commit_sha if run else None
-        elif obj is not None:
-            commit = obj.commit_sha
         self.rt.store.append_audit([audit.audit_record(
             audit.SEND, at=self.rt.clock.now(), actor=self.rt.actor, kind="Campaign", name=campaign.name,
-            commit_sha=commit,
+            commit_sha=self._commit_of(ready[0][0]),
             details={"messages": len(final), "by_provider_status": dict(providers), "runs": runs})])
+
+
+    def _commit_of(self, row: OutboxRow) -> str | None:
+        """The commit of the campaign version this message belongs to (its run's, else the applied one)."""
+        if row.run_id is not None:
+            run = self.rt.store.get_run(row.run_id)
+            if run is not None:
+                return run.commit_sha
+        obj = self.rt.store.get_object("Campaign", row.campaign)
+        return obj.commit_sha if obj else None
 
 
 async def drain(workers: Sequence[DeliveryWorker], max_batches: int = 1000) -> BatchOutcome:

@@ -129,6 +129,9 @@ class Engine:
         result.expired = self.rt.store.expire(now)
         if result.expired:
             self.rt.metrics.skips.labels(reason="expired").inc(result.expired)
+            self.rt.store.append_audit([audit.audit_record(
+                audit.EXPIRE, at=now, actor=self.rt.actor,
+                details={"messages": result.expired, "reason": "validity ended before sending"})])
         result.finished_runs = self.rt.store.finish_runs()
         self.rt.metrics.queue_depth.set(self.rt.store.queue_depth())
         return result
