@@ -1,0 +1,166 @@
+"""Engine behaviour through real stores and the mock provider: safety gate, live triggers and
+inaction timers, render failures, validity expiry, frequency caps, crash re-claim."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from reconciler.audience.records import parse_event, parse_user
+from reconciler.demo import DemoWorld, demo_phone, demo_world
+from reconciler.runtime import OUTBOX_LEASE
+from reconciler.store.base import AuditQuery
+
+ROOT = Path(__file__).resolve().parent.parent
+START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+SETTINGS = """apiVersion: herald/v1
+kind: Settings
+metadata: {name: global}
+spec:
+  defaultTimezone: UTC
+  frequencyCap: {perDay: 1}
+  catchUp: {policy: latest, maxAge: 6h}
+"""
+
+
+def campaign(name: str, spec: str) -> str:
+    return f"apiVersion: herald/v1\nkind: Campaign\nmetadata: {{name: {name}}}\nspec:\n{spec}"
+
+
+BLOCKED = campaign("too-big", """  type: past_behavior
+  owner: owner@example.com
+  schedule: {once: "2026-12-01T13:00:00Z"}
+  audience: {safetyLimit: 5}
+  message: {body: "Everyone {{ user.first_name }}"}
+""")
+CART = campaign("cart", """  type: live
+  owner: owner@example.com
+  trigger:
+    inaction:
+      event: {name: added_to_cart}
+      missing: {name: purchase}
+      within: 5m
+  frequencyCap: {ignoreGlobal: true}
+  message: {body: "Your {{ event.item }} is waiting"}
+""")
+WELCOME = campaign("welcome", """  type: live
+  owner: owner@example.com
+  trigger: {event: {name: signed_up}}
+  message: {body: "Welcome {{ user.first_name }}{% if user.vip %} {{ user.missing | upcase }}{% endif %}"}
+  validity: 10m
+""")
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[DemoWorld]:
+    source = tmp_path / "source"
+    (source / "campaigns").mkdir(parents=True)
+    shutil.copytree(ROOT / "providers", source / "providers")
+    (source / "campaigns" / "settings.yaml").write_text(SETTINGS)
+    for name, text in {"blocked": BLOCKED, "cart": CART, "welcome": WELCOME}.items():
+        (source / "campaigns" / f"{name}.yaml").write_text(text)
+    with demo_world(tmp_path / "world", population=20, start=START,
+                    sources=[source / "providers", source / "campaigns"]) as w:
+        w.engine.rt.audience.upsert_users([parse_user({"id": "vip", "phone": "+14155550999", "timezone": "UTC",
+                                                       "first_name": "Val", "vip": True})], now=START)
+        w.step()
+        yield w
+
+
+def received(world: DemoWorld) -> list[dict[str, object]]:
+    return httpx.get(f"{world.mock_url}/_mock/messages").json()["messages"]
+
+
+def ingest(world: DemoWorld, *events: dict[str, object]) -> None:
+    records = [parse_event(e) for e in events]
+    world.engine.rt.audience.insert_events(records)
+    world.engine.on_events(records)
+
+
+def test_safety_limit_blocks_run_audits_and_alerts(world: DemoWorld, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING"):
+        world.advance_to(datetime(2026, 12, 1, 13, 5, tzinfo=UTC), every=timedelta(minutes=30))
+    store = world.engine.rt.store
+    [run] = store.list_runs(campaign="too-big")
+    assert run.status == "blocked" and run.targeted == 21
+    assert received(world) == []
+    [entry] = store.query_audit(AuditQuery(campaign="too-big", actions=["run_blocked"]))
+    assert entry.details["safety"]["qualified"] == 21 and entry.details["safety"]["limit"] == 5
+    assert entry.commit_sha == store.applied_state().commit_sha
+    assert "safety_block" in caplog.text and "owner@example.com" in caplog.text
+
+
+def test_inaction_timer_fires_unless_the_missing_event_arrives(world: DemoWorld) -> None:
+    now = world.clock.now()
+    ingest(world,
+           {"user_id": "u00001", "name": "added_to_cart", "ts": now.isoformat(), "item": "hat"},
+           {"user_id": "u00002", "name": "added_to_cart", "ts": now.isoformat(), "item": "scarf"})
+    world.advance_to(now + timedelta(minutes=3), every=timedelta(minutes=1))
+    ingest(world, {"user_id": "u00002", "name": "purchase", "ts": world.clock.now().isoformat()})
+    assert received(world) == []  # nothing before the 5 minutes are up
+    world.advance_to(now + timedelta(minutes=6), every=timedelta(minutes=1))
+    bodies = [m["body"] for m in received(world)]
+    assert bodies == ["Your hat is waiting"]
+    ingest(world, {"user_id": "u00001", "name": "added_to_cart", "ts": now.isoformat(), "item": "hat"})
+    world.advance_to(now + timedelta(minutes=12), every=timedelta(minutes=1))
+    assert len(received(world)) == 1  # the same event again starts no second timer
+
+
+def test_render_failure_is_a_recorded_skip_not_a_crash(world: DemoWorld) -> None:
+    now = world.clock.now()
+    ingest(world, {"user_id": "vip", "name": "signed_up", "ts": now.isoformat()},
+           {"user_id": "u00003", "name": "signed_up", "ts": now.isoformat()})
+    world.step(sync=False)
+    assert [m["to"] for m in received(world)] == [demo_phone("IN", 3)]  # u00003 lives in India
+    store = world.engine.rt.store
+    [skipped] = store.list_outbox(campaign="welcome", statuses=["skipped"])
+    assert skipped.user_id == "vip" and skipped.skip_reason is not None
+    assert skipped.skip_reason.startswith("render_error")
+    [entry] = store.query_audit(AuditQuery(campaign="welcome", actions=["skip"]))
+    assert entry.details["reason"].startswith("render_error") and entry.details["users"] == ["vip"]
+
+
+def test_messages_past_their_validity_expire_unsent(world: DemoWorld) -> None:
+    store = world.engine.rt.store
+    now = world.clock.now()
+    ingest(world, {"user_id": "u00004", "name": "signed_up", "ts": now.isoformat()})
+    world.clock.advance(timedelta(minutes=11))  # the daemon was stuck longer than the validity
+    world.step(sync=False)
+    assert received(world) == []
+    [row] = store.list_outbox(campaign="welcome")
+    assert row.status == "expired"
+    assert store.query_audit(AuditQuery(actions=["expire"]))
+
+
+def test_global_frequency_cap_skips_the_second_message_of_the_day(world: DemoWorld) -> None:
+    store = world.engine.rt.store
+    now = world.clock.now()
+    ingest(world, {"user_id": "u00005", "name": "signed_up", "ts": now.isoformat()})
+    world.step(sync=False)
+    ingest(world, {"user_id": "u00005", "name": "signed_up", "ts": (now + timedelta(minutes=1)).isoformat()})
+    world.step(sync=False)
+    rows = store.list_outbox(campaign="welcome")
+    assert sorted(r.status for r in rows) == ["sent", "skipped"]
+    assert next(r for r in rows if r.status == "skipped").skip_reason == "frequency_cap: global_cap"
+    assert len(received(world)) == 1
+
+
+def test_a_dead_workers_claim_is_resent_once_with_the_same_key(world: DemoWorld) -> None:
+    store = world.engine.rt.store
+    now = world.clock.now()
+    ingest(world, {"user_id": "u00006", "name": "signed_up", "ts": now.isoformat()})
+    [claimed] = store.claim("dead-worker", 10, now, OUTBOX_LEASE)  # claimed, then the worker died
+    world.step(sync=False)
+    assert received(world) == []  # still leased to the dead worker
+    world.clock.advance(OUTBOX_LEASE + timedelta(seconds=1))
+    world.step(sync=False)
+    messages = received(world)
+    assert len(messages) == 1 and messages[0]["idempotency_key"] == claimed.idempotency_key
+    assert store.complete("dead-worker", []) == []
+    [row] = store.list_outbox(campaign="welcome")
+    assert row.status == "sent" and row.claimed_by != "dead-worker"
