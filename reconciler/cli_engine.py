@@ -37,17 +37,21 @@ def _configure_logging(verbose: bool) -> None:
 @click.option("--audience", "audience_url", envvar="HERALD_AUDIENCE_URL", default=None,
               help="User/event store URL.")
 @click.option("--allow-prune", is_flag=True, help="Apply commits even when the prune guard trips.")
+@click.option("--lease", "lease_seconds", envvar="HERALD_LEASE_SECONDS", type=click.FloatRange(min=1.0),
+              default=None, help="Seconds a crashed daemon's claimed runs, messages and timers stay locked "
+              "before another worker takes them over (default: 5 min runs, 2 min messages and timers, "
+              "30 s scheduler and git poll). Must exceed the time one batch takes to send.")
 @click.option("-v", "--verbose", is_flag=True)
 def run(repo: str, branch: str, paths: tuple[str, ...], host: str, port: int, poll_interval: float,
         tick_interval: float, workers: int, state_url: str | None, audience_url: str | None, allow_prune: bool,
-        verbose: bool) -> None:
+        lease_seconds: float | None, verbose: bool) -> None:
     """Run the reconciler daemon: poll git, apply, schedule, deliver, serve HTTP."""
     from .audience.store import open_audience_store
     from .daemon import Daemon, DaemonOptions, webhook_secret_from_env
     from .engine import Engine
     from .gitsource import GitSource
     from .linked import LinkedUrlPolicy
-    from .runtime import Runtime
+    from .runtime import Leases, Runtime
     from .store import open_state_store
 
     _configure_logging(verbose)
@@ -59,7 +63,8 @@ def run(repo: str, branch: str, paths: tuple[str, ...], host: str, port: int, po
             Path(url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
     store = open_state_store(config.state_url)
     audience = open_audience_store(config.audience_url)
-    rt = Runtime(store=store, audience=audience, config=config)
+    rt = Runtime(store=store, audience=audience, config=config,
+                 leases=Leases.uniform(lease_seconds) if lease_seconds else Leases())
     engine = Engine(rt, GitSource(repo, branch, paths=list(paths) or None), workers=workers,
                     allow_prune=allow_prune, linked_policy=LinkedUrlPolicy.for_daemon(port))
     options = DaemonOptions(host=host, port=port, poll_interval=poll_interval, tick_interval=tick_interval,

@@ -31,7 +31,7 @@ from .providers.base import SendResult as ProviderResult
 from .providers.group import GroupRouter
 from .render import Rendered, render_message
 from .runs import member_from_context
-from .runtime import OUTBOX_LEASE, Runtime
+from .runtime import Runtime
 from .secrets import redact
 from .store.base import OutboxRow, SendResult
 
@@ -88,7 +88,8 @@ class DeliveryWorker:
     async def run_once(self) -> BatchOutcome:
         """Claim one batch and deliver it. Returns what happened (claimed == 0: nothing was due)."""
         now = self.rt.clock.now()
-        rows = await asyncio.to_thread(self.rt.store.claim, self.rt.worker_id, self.batch_size, now, OUTBOX_LEASE)
+        rows = await asyncio.to_thread(self.rt.store.claim, self.rt.worker_id, self.batch_size, now,
+                                     self.rt.leases.outbox)
         outcome = BatchOutcome(claimed=len(rows))
         if not rows:
             return outcome

@@ -13,7 +13,6 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 from . import audit
 from .apply import ApplyRefused, ApplyResult, desired_from_applied, reconcile
@@ -32,7 +31,6 @@ from .store.base import AppliedState
 LOG = logging.getLogger("herald.engine")
 SCHEDULER_LEASE = "scheduler"
 GIT_LEASE = "git-poll"
-LEASE_TTL = timedelta(seconds=30)
 LAST_ERROR_KEY = "daemon:last_error"
 
 
@@ -70,7 +68,8 @@ class Engine:
         """Read the branch head and reconcile it. Errors keep the last applied state running."""
         if self.source is None:
             return None
-        if not self.rt.store.try_lease(GIT_LEASE, self.rt.worker_id, self.rt.clock.now(), LEASE_TTL):
+        if not self.rt.store.try_lease(GIT_LEASE, self.rt.worker_id, self.rt.clock.now(),
+                                      self.rt.leases.coordination):
             return None
         try:
             snapshot = self.source.read()
@@ -122,7 +121,7 @@ class Engine:
         applied, state = self.refresh()
         result = TickResult()
         now = self.rt.clock.now()
-        if self.rt.store.try_lease(SCHEDULER_LEASE, self.rt.worker_id, now, LEASE_TTL):
+        if self.rt.store.try_lease(SCHEDULER_LEASE, self.rt.worker_id, now, self.rt.leases.coordination):
             result.created_runs = len(schedule_tick(self.rt, state, applied))
         result.materialized = materialize_due_runs(self.rt, state, applied)
         result.timers = fire_due_timers(self.rt, state)

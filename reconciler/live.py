@@ -23,7 +23,7 @@ from .loading import DesiredState
 from .models import Campaign
 from .render import event_context
 from .runs import plan_outbox_items
-from .runtime import TIMER_LEASE, Runtime
+from .runtime import Runtime
 from .scheduling import (
     CancelTimers,
     ScheduleAt,
@@ -139,7 +139,7 @@ def fire_due_timers(rt: Runtime, state: DesiredState, limit: int = 500) -> Count
     """Inaction timers that came due: re-check that the missing event did not happen, then enqueue."""
     now = rt.clock.now()
     outcomes: Counter[str] = Counter()
-    timers = rt.store.due_timers(rt.worker_id, now, limit, TIMER_LEASE)
+    timers = rt.store.due_timers(rt.worker_id, now, limit, rt.leases.timer)
     for timer in timers:
         outcomes[_fire(rt, state, timer)] += 1
     if timers:

@@ -22,7 +22,7 @@ from .audience.reach import select_audience
 from .audience.records import Member
 from .loading import DesiredState
 from .models import Campaign
-from .runtime import RUN_LEASE, Runtime
+from .runtime import Runtime
 from .scheduling import (
     ZoneSlot,
     apply_dnd,
@@ -113,7 +113,7 @@ class MaterializeResult:
 
 def materialize_due_runs(rt: Runtime, state: DesiredState, applied: AppliedState, limit: int = 5
                          ) -> list[MaterializeResult]:
-    runs = rt.store.claim_runs(rt.worker_id, rt.clock.now(), RUN_LEASE, limit=limit)
+    runs = rt.store.claim_runs(rt.worker_id, rt.clock.now(), rt.leases.run, limit=limit)
     return [materialize_run(rt, state, applied, run) for run in runs]
 
 
