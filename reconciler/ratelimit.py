@@ -227,17 +227,23 @@ class PostgresRateLimiter(_ReservingLimiter):
                 from psycopg_pool import AsyncConnectionPool
 
                 pool = AsyncConnectionPool(self.dsn, min_size=1, max_size=self.max_connections, open=False,
-                                           kwargs={"autocommit": True})
+                                           kwargs={"autocommit": True}, configure=self._configure)
                 await pool.open(wait=True)
                 async with pool.connection() as conn:
                     await self._create_table(conn)
                 self._pool = pool
         return self._pool
 
+    @staticmethod
+    async def _configure(conn: Any) -> None:
+        await conn.execute("SET synchronous_commit TO off")
+
     async def _create_table(self, conn: Any) -> None:
         import psycopg
 
-        ddl = (f"CREATE TABLE IF NOT EXISTS {self.table} (key text PRIMARY KEY,"
+        # UNLOGGED and no synchronous commit: a bucket is worth milliseconds; after a database crash
+        # (or a failover to a standby) buckets simply start full again. About 4x the acquires per second.
+        ddl = (f"CREATE UNLOGGED TABLE IF NOT EXISTS {self.table} (key text PRIMARY KEY,"
                " level double precision NOT NULL, at double precision NOT NULL)")
         # another daemon may create it at the same moment (IF NOT EXISTS is not race-free)
         with contextlib.suppress(psycopg.errors.UniqueViolation):
