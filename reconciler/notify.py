@@ -178,6 +178,7 @@ class Notifier:
         self.owner = owner or new_worker_id()
         self.max_attempts = max_attempts
         self.logger = logger
+        self._warned: set[str] = set()
 
     def close(self) -> None:
         if self._own_client:
@@ -188,6 +189,11 @@ class Notifier:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            self.logger.warning("%s", message)
 
     def config(self) -> NotifyConfig:
         return self._config() if callable(self._config) else self._config
@@ -214,8 +220,9 @@ class Notifier:
             repository = config.github_repository or outcome.repository
             token = self._github_token(config)
             if repository is None or token is None:
-                report.channels["github"] = "skipped"
-                report.errors["github"] = "no repository" if repository is None else f"no token ({GITHUB_TOKEN_ENV})"
+                reason = "no repository" if repository is None else f"no token ({GITHUB_TOKEN_ENV})"
+                report.channels["github"], report.errors["github"] = "skipped", reason
+                self._warn_once(f"GitHub commit status skipped: {reason}")
             else:
                 channels["github"] = lambda: self._post_status(config.github_api_base, repository, token, outcome)
         webhook = config.webhook_url
