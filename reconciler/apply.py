@@ -4,12 +4,19 @@ Apply executes exactly what the plan says, in one store transaction that first c
 not stale (the applied-state version is still the one it was computed against). Applying the same
 commit twice changes nothing the second time. Refusals (stale plan, prune guard, invalid commit)
 raise ApplyRefused and are recorded in the audit log once per commit and reason.
+
+Freeze windows (Settings.freezeWindows) hold applies that change objects: the commit is not applied,
+FreezeHeld is raised and one "apply_held" audit entry is written per commit; the daemon applies it
+on the first poll after the window ends. The windows that count are the APPLIED Settings, never the
+incoming commit's, so a commit cannot lift its own freeze. `override_freeze=True` applies anyway and
+records a "freeze_override" entry in the same transaction as the apply.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from . import audit
@@ -18,6 +25,7 @@ from .gitsource import CommitSnapshot
 from .loading import DesiredState
 from .models import KINDS, Campaign, Provider, ProviderGroup, Segment, Settings
 from .plan import Plan, ReachEstimator, compute_plan
+from .scheduling.guards import ActiveFreeze, active_freeze
 from .secrets import redact
 from .store.base import (
     AppliedState,
@@ -40,6 +48,7 @@ class ApplyRefused(RuntimeError):
     """The plan was not applied; nothing changed (except the audit entry saying so)."""
 
     reason = "refused"
+    audit_action = audit.APPLY_REFUSED
 
     def __init__(self, message: str, details: Mapping[str, Any] | None = None) -> None:
         super().__init__(redact(message))
@@ -60,6 +69,39 @@ class InvalidDesiredState(ApplyRefused):
 
 class WrongStoreError(ApplyRefused):
     reason = "other_store"
+
+
+class NotAStorePlan(ApplyRefused):
+    """A plan computed against a git ref (`herald plan --base-ref`) describes a review, not a store."""
+
+    reason = "base_ref_plan"
+
+
+class FreezeHeld(ApplyRefused):
+    """A freeze window of the applied Settings is in force: the commit waits for its end."""
+
+    reason = "freeze_window"
+    audit_action = audit.APPLY_HELD
+
+
+def freeze_details(freeze: ActiveFreeze) -> dict[str, Any]:
+    from .models.common import format_duration
+
+    return {"cron": freeze.window.cron, "duration": format_duration(freeze.window.duration),
+            "deliveries": freeze.window.deliveries, "started_at": freeze.started_at.isoformat(),
+            "ends_at": freeze.ends_at.isoformat()}
+
+
+def applied_settings(applied: AppliedState) -> Settings | None:
+    """The Settings document in force (applied), or None when none was ever applied."""
+    found = applied.of_kind("Settings")
+    return Settings.model_validate(found[0].spec) if found else None
+
+
+def applied_freeze(applied: AppliedState, now: datetime) -> ActiveFreeze | None:
+    """The freeze window of the APPLIED Settings in force at `now` (the incoming commit's do not count)."""
+    settings = applied_settings(applied)
+    return active_freeze(settings, now) if settings is not None else None
 
 
 @dataclass(frozen=True)
@@ -89,17 +131,21 @@ def _refuse(store: StateStore, error: ApplyRefused, *, clock: Clock, actor: str,
     """Record the refusal (once per commit and reason, so a polling daemon does not repeat it), then raise."""
     details = {"reason": error.reason, "message": str(error), **error.details}
     if commit_sha is not None:
-        earlier = store.query_audit(AuditQuery(commit=commit_sha, actions=[audit.APPLY_REFUSED],
+        earlier = store.query_audit(AuditQuery(commit=commit_sha, actions=[error.audit_action],
                                                      newest_first=True, limit=1))
         if earlier and earlier[0].details.get("reason") == error.reason:
             raise error
-    store.append_audit([audit.audit_record(audit.APPLY_REFUSED, at=clock.now(), actor=actor,
+    store.append_audit([audit.audit_record(error.audit_action, at=clock.now(), actor=actor,
                                            commit_sha=commit_sha, details=details)])
     raise error
 
 
-def check_plan(plan: Plan, current: AppliedState, *, allow_prune: bool) -> ApplyRefused | None:
-    """Why `plan` may not be applied to `current`, or None."""
+def check_plan(plan: Plan, current: AppliedState, *, allow_prune: bool, override_freeze: bool = False,
+               now: datetime | None = None) -> ApplyRefused | None:
+    """Why `plan` may not be applied to `current` at `now`, or None."""
+    if plan.base_ref is not None:
+        return NotAStorePlan(f"this plan was computed against git ref {plan.base_ref}, not a state store; "
+                             "plan against the store (without --base-ref) to apply")
     if plan.store_id is not None and current.store_id is not None and plan.store_id != current.store_id:
         return WrongStoreError("the plan was computed against a different state store",
                                {"plan_store": plan.store_id, "store": current.store_id})
@@ -108,32 +154,50 @@ def check_plan(plan: Plan, current: AppliedState, *, allow_prune: bool) -> Apply
             f"stale plan: it was computed against applied-state version {plan.base_version}, but the state is "
             f"now at version {current.version}; run `herald plan` again",
             {"plan_version": plan.base_version, "current_version": current.version})
+    freeze = applied_freeze(current, now) if now is not None and _changes_objects(plan) else None
+    if freeze is not None and not override_freeze:
+        return FreezeHeld(
+            f"freeze window in force (cron '{freeze.window.cron}', until {freeze.ends_at:%Y-%m-%d %H:%MZ}): "
+            "the apply is held and the last applied state keeps running; it applies after the window, "
+            "or now with --override-freeze", {"freeze": freeze_details(freeze)})
     if plan.prune.tripped and not allow_prune:
         return PruneGuardError(f"prune guard: {plan.prune.describe()}; re-run with --allow-prune to apply it",
                                {"prune_guard": plan.prune.to_dict()})
     return None
 
 
+def _changes_objects(plan: Plan) -> bool:
+    return plan.has_changes or bool(plan.clear_overrides)
+
+
 def apply_plan(store: StateStore, plan: Plan, *, clock: Clock, actor: str, allow_prune: bool = False,
-               audit_stale: bool = True) -> ApplyResult:
+               audit_stale: bool = True, override_freeze: bool = False) -> ApplyResult:
     """Apply `plan` atomically. Raises ApplyRefused (recorded in audit) when it may not be applied.
 
     audit_stale=False raises StalePlanError without an audit entry (for callers that re-plan).
+    A freeze window of the applied Settings raises FreezeHeld ("apply_held" in audit) unless
+    override_freeze, which applies and records "freeze_override".
     """
     current = store.applied_state()
     commit_sha = plan.commit_sha
-    problem = check_plan(plan, current, allow_prune=allow_prune)
+    now = clock.now()
+    problem = check_plan(plan, current, allow_prune=allow_prune, override_freeze=override_freeze, now=now)
     if isinstance(problem, StalePlanError) and not audit_stale:
         raise problem
     if problem is not None:
         _refuse(store, problem, clock=clock, actor=actor, commit_sha=commit_sha)
     if not plan.has_changes and not plan.clear_overrides and commit_sha == current.commit_sha:
         return ApplyResult(applied=False, version=current.version, commit_sha=current.commit_sha)
-    now = clock.now()
     writes = [ObjectWrite(c.kind, c.name, c.spec or {}, c.spec_hash or "", bool(c.paused_after))
               for c in plan.actionable if c.action != "delete"]
     deletes = [ObjectDelete(c.kind, c.name) for c in plan.actionable if c.action == "delete"]
     records = _audit_records(plan, at=now, actor=actor, allow_prune=allow_prune)
+    freeze = applied_freeze(current, now) if _changes_objects(plan) else None
+    if freeze is not None:  # only reachable with override_freeze
+        details = {**freeze_details(freeze), "changes": plan.counts()}
+        records[0] = replace(records[0], details={**records[0].details, "freeze_override": True})
+        records.insert(1, audit.audit_record(audit.FREEZE_OVERRIDE, at=now, actor=actor, commit_sha=commit_sha,
+                                             details=details))
     try:
         outcome = store.apply_changes(ChangeSet(
             base_version=plan.base_version, commit_sha=commit_sha, applied_at=now, writes=writes,
@@ -177,11 +241,13 @@ def _audit_records(plan: Plan, *, at: Any, actor: str, allow_prune: bool) -> lis
 
 
 def reconcile(store: StateStore, snapshot: CommitSnapshot, *, clock: Clock, actor: str = "daemon",
-              allow_prune: bool = False, reach: ReachEstimator | None = None, source: str = "") -> ApplyResult:
+              allow_prune: bool = False, reach: ReachEstimator | None = None, source: str = "",
+              override_freeze: bool = False) -> ApplyResult:
     """Load, validate, plan and apply one commit (the daemon's reconcile step). Idempotent.
 
     A commit that is already the applied one is not even parsed (polling an unchanged branch is
-    cheap); operator overrides do not need a re-apply.
+    cheap); operator overrides do not need a re-apply. Inside a freeze window of the applied
+    Settings a changing commit raises FreezeHeld (audited once per commit) unless override_freeze.
     """
     current = store.applied_state()
     if current.commit_sha == snapshot.sha:
@@ -196,7 +262,7 @@ def reconcile(store: StateStore, snapshot: CommitSnapshot, *, clock: Clock, acto
         plan = compute_plan(loaded.state, current, commit=snapshot.info, source=source, clock=clock, reach=reach)
         try:
             return apply_plan(store, plan, clock=clock, actor=actor, allow_prune=allow_prune,
-                              audit_stale=attempt == RECONCILE_ATTEMPTS - 1)
+                              audit_stale=attempt == RECONCILE_ATTEMPTS - 1, override_freeze=override_freeze)
         except StalePlanError:
             # Another daemon (or an operator) changed the state meanwhile: re-plan against it.
             current = store.applied_state()

@@ -21,6 +21,8 @@ from .store.base import AuditEntry, AuditQuery, AuditRecord, StateStore
 PLAN = "plan"
 APPLY = "apply"
 APPLY_REFUSED = "apply_refused"
+APPLY_HELD = "apply_held"  # a freeze window holds the commit; it applies when the window ends
+FREEZE_OVERRIDE = "freeze_override"  # applied during a freeze window with --override-freeze
 CREATE = "create"
 UPDATE = "update"
 DELETE = "delete"
@@ -32,8 +34,8 @@ SEND = "send"
 SKIP = "skip"
 EXPIRE = "expire"
 ERROR = "error"
-KNOWN_ACTIONS = (PLAN, APPLY, APPLY_REFUSED, CREATE, UPDATE, DELETE, PAUSE, RESUME, RUN_STARTED, RUN_BLOCKED,
-                 SEND, SKIP, EXPIRE, ERROR)
+KNOWN_ACTIONS = (PLAN, APPLY, APPLY_REFUSED, APPLY_HELD, FREEZE_OVERRIDE, CREATE, UPDATE, DELETE, PAUSE, RESUME,
+                 RUN_STARTED, RUN_BLOCKED, SEND, SKIP, EXPIRE, ERROR)
 
 _ACTION = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 

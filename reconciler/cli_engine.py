@@ -37,6 +37,7 @@ def _configure_logging(verbose: bool) -> None:
 @click.option("--audience", "audience_url", envvar="HERALD_AUDIENCE_URL", default=None,
               help="User/event store URL.")
 @click.option("--allow-prune", is_flag=True, help="Apply commits even when the prune guard trips.")
+@click.option("--override-freeze", is_flag=True, help="Apply commits even inside a freeze window (audited).")
 @click.option("--lease", "lease_seconds", envvar="HERALD_LEASE_SECONDS", type=click.FloatRange(min=1.0),
               default=None, help="Seconds a crashed daemon's claimed runs, messages and timers stay locked "
               "before another worker takes them over (default: 5 min runs, 2 min messages and timers, "
@@ -44,7 +45,7 @@ def _configure_logging(verbose: bool) -> None:
 @click.option("-v", "--verbose", is_flag=True)
 def run(repo: str, branch: str, paths: tuple[str, ...], host: str, port: int, poll_interval: float,
         tick_interval: float, workers: int, state_url: str | None, audience_url: str | None, allow_prune: bool,
-        lease_seconds: float | None, verbose: bool) -> None:
+        override_freeze: bool, lease_seconds: float | None, verbose: bool) -> None:
     """Run the reconciler daemon: poll git, apply, schedule, deliver, serve HTTP."""
     from .audience.store import open_audience_store
     from .daemon import Daemon, DaemonOptions, webhook_secret_from_env
@@ -66,7 +67,8 @@ def run(repo: str, branch: str, paths: tuple[str, ...], host: str, port: int, po
     rt = Runtime(store=store, audience=audience, config=config,
                  leases=Leases.uniform(lease_seconds) if lease_seconds else Leases())
     engine = Engine(rt, GitSource(repo, branch, paths=list(paths) or None), workers=workers,
-                    allow_prune=allow_prune, linked_policy=LinkedUrlPolicy.for_daemon(port))
+                    allow_prune=allow_prune, linked_policy=LinkedUrlPolicy.for_daemon(port),
+                    override_freeze=override_freeze)
     options = DaemonOptions(host=host, port=port, poll_interval=poll_interval, tick_interval=tick_interval,
                             webhook_secret=webhook_secret_from_env())
     logging.getLogger("herald.daemon").info("herald %s: watching %s (%s) on http://%s:%d",

@@ -47,13 +47,14 @@ class Engine:
     def __init__(self, rt: Runtime, source: GitSource | None = None, *, workers: int = 4,
                  batch_size: int = 200, environ: dict[str, str] | None = None,
                  linked_policy: LinkedUrlPolicy | None = None, allow_prune: bool = False,
-                 router_concurrency: int = 64) -> None:
+                 router_concurrency: int = 64, override_freeze: bool = False) -> None:
         self.rt = rt
         self.source = source
         self.worker_count = workers
         self.batch_size = batch_size
         self.environ = environ
         self.allow_prune = allow_prune
+        self.override_freeze = override_freeze  # apply inside freeze windows too (audited per commit)
         self.router_concurrency = router_concurrency
         self.linked = LinkedContentFetcher(clock=rt.clock, policy=linked_policy or LinkedUrlPolicy())
         self.state = DesiredState()  # updated in place so HTTP routes always see the current objects
@@ -74,7 +75,8 @@ class Engine:
         try:
             snapshot = self.source.read()
             result = reconcile(self.rt.store, snapshot, clock=self.rt.clock, actor=self.rt.actor,
-                               allow_prune=self.allow_prune, source=self.source.display)
+                               allow_prune=self.allow_prune, source=self.source.display,
+                               override_freeze=self.override_freeze)
         except GitSourceError as exc:
             self._sync_failed("git", str(exc))
             return None
