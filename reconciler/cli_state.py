@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from .gitsource import CommitInfo
     from .loading import DesiredState
     from .plan import ReachEstimator
+    from .review import StoreReviewer
+    from .store import AppliedState
 
 PLAN_FORMATS = ("text", "json", "markdown")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -112,22 +114,129 @@ def _reach_estimator(enabled: bool) -> ReachEstimator | None:
     return estimate
 
 
+def _base_applied(base_ref: str, repo: str | None, paths: tuple[str, ...]) -> AppliedState:
+    """The desired state of git ref `base_ref` as an AppliedState (for reviewing a pull request)."""
+    import os
+
+    from git import Repo
+    from git.exc import InvalidGitRepositoryError, NoSuchPathError
+
+    from .gitsource import GitSourceError, is_remote, read_commit
+    from .plan import applied_from_desired
+
+    if repo is not None and is_remote(repo):
+        raise click.UsageError("--base-ref needs a local repository (check it out, then plan its work tree)")
+    try:
+        repository = Repo(repo or (paths[0] if paths else "."), search_parent_directories=True)
+    except (InvalidGitRepositoryError, NoSuchPathError):
+        _fail(f"error: --base-ref needs a git repository; {repo or (paths[0] if paths else '.')} is not in one", 2)
+    root = repository.working_tree_dir or repository.git_dir
+    relative: list[str] | None = None
+    if repo is None:
+        from .cli import _default_paths
+
+        relative = []
+        for path in _default_paths(paths):
+            rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+            if rel.startswith(".."):
+                raise click.UsageError(f"{path} is outside the repository of --base-ref ({root})")
+            relative.append(rel.replace(os.sep, "/"))
+    try:
+        commit = repository.commit(base_ref)
+        present = None if relative is None else [r for r in relative if r == "." or _in_tree(commit.tree, r)]
+        snapshot = read_commit(repository, base_ref, present)
+    except (GitSourceError, ValueError) as exc:
+        _fail(f"error: {exc}", 2)
+    except Exception:  # gitdb/gitpython raise several types for unknown refs
+        _fail(f"error: unknown git ref '{base_ref}'", 2)
+    loaded = snapshot.load()
+    if loaded.errors:
+        click.echo(f"warning: {base_ref} has {len(loaded.errors)} invalid document(s); they count as not "
+                   "applied", err=True)
+    return applied_from_desired(loaded.state, commit_sha=snapshot.sha, applied_at=snapshot.committed_at)
+
+
+def _in_tree(tree: Any, path: str) -> bool:
+    try:
+        tree / path.strip("/")
+    except KeyError:
+        return False
+    return True
+
+
+@contextmanager
+def _reviewer(enabled: bool, previews: bool, sample: Path | None, audience_url: str | None,
+              samples: int) -> Iterator[StoreReviewer | None]:
+    """Users for previews and costs: --sample FILE, else the audience store, else the built-in fixture."""
+    if not enabled:
+        yield None
+        return
+    from .audience.ingest import load_snapshot
+    from .audience.store import AudienceStoreError, open_audience_store
+    from .review import StoreReviewer, builtin_users
+
+    now = SystemClock().now()
+    if sample is None and audience_url:
+        if audience_url.startswith("duckdb:///") and not audience_url.endswith(":memory:"):
+            path = Path(audience_url.removeprefix("duckdb:///").split("?")[0])
+            if not path.exists():
+                _fail(f"error: no audience store at {path} (HERALD_AUDIENCE_URL / --audience)", 2)
+        try:
+            store = open_audience_store(audience_url)
+        except AudienceStoreError as exc:
+            _fail(f"error: {exc}", 2)
+        reviewer = StoreReviewer(store, "audience", "the audience store", previews=previews, samples=samples)
+    else:
+        store = open_audience_store("duckdb:///:memory:")
+        if sample is not None:
+            for path, report in load_snapshot(store, [sample], now=now):
+                for error in report.errors[:20]:
+                    click.echo(f"{path}:{error.line}: {error.message} (sample row skipped)", err=True)
+            reviewer = StoreReviewer(store, "sample", sample.name, previews=previews, samples=samples)
+        else:
+            store.upsert_users(builtin_users(), now=now)
+            reviewer = StoreReviewer(store, "sample", "the built-in sample users", previews=previews,
+                                     samples=samples)
+    try:
+        yield reviewer
+    finally:
+        store.close()
+
+
 @click.command("plan")
 @click.argument("paths", nargs=-1, type=click.Path(exists=True))
 @click.option("--repo", help="Git repository: a local path or a remote URL (then --ref is the branch).")
 @click.option("--ref", help="Commit, tag or branch to plan (local default HEAD; remote default main).")
+@click.option("--base-ref", metavar="REF", help="Plan against the desired state of this git ref (e.g. the pull "
+              "request's base branch) as if it were applied, instead of a state store.")
 @click.option("--format", "fmt", type=click.Choice(PLAN_FORMATS), default="text", show_default=True)
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path),
               help="Also save the plan (JSON) for `herald apply FILE`.")
 @click.option("--reach", "with_reach", is_flag=True, help="Estimate reach from the audience store.")
+@click.option("--previews", is_flag=True, help="Show created/changed campaigns rendered for sample users "
+              "(PII masked), their routes and estimated cost.")
+@click.option("--check-budget", is_flag=True, help="CI gate: exit 1 when a campaign's estimated cost exceeds "
+              "its budget.")
+@click.option("--sample", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Sample users (and events) for previews: JSONL, as for `herald ingest`.")
+@click.option("--sample-count", "samples", type=click.IntRange(1, 20), default=3, show_default=True,
+              help="Sample users shown per campaign.")
+@click.option("--audience", "audience_url", envvar="HERALD_AUDIENCE_URL", default=None,
+              help="Audience store for previews, reach and cost (default: HERALD_AUDIENCE_URL if set; "
+              "else the built-in sample users).")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when the plan has changes, 0 when none.")
 @_state_option
 @_actor_option
-def plan_command(paths: tuple[str, ...], repo: str | None, ref: str | None, fmt: str, out: Path | None,
-                 with_reach: bool, detailed_exitcode: bool, state_url: str, actor: str) -> None:
+def plan_command(paths: tuple[str, ...], repo: str | None, ref: str | None, base_ref: str | None, fmt: str,
+                 out: Path | None, with_reach: bool, previews: bool, check_budget: bool, sample: Path | None,
+                 samples: int, audience_url: str | None, detailed_exitcode: bool, state_url: str,
+                 actor: str) -> None:
     """Show what applying the desired state would change (PATHS, or a commit of --repo).
 
-    Needs no daemon: without a state store it plans against an empty applied state.
+    Needs no daemon: without a state store it plans against an empty applied state; with
+    --base-ref it plans against a git ref (a pull request's base). Exit 0 (or 2 with
+    --detailed-exitcode and changes); 1 when the desired state is invalid or, with --check-budget,
+    a campaign's estimate exceeds its budget.
     """
     from .audit import PLAN, AuditLog
     from .plan import compute_plan, render_plan
@@ -135,22 +244,34 @@ def plan_command(paths: tuple[str, ...], repo: str | None, ref: str | None, fmt:
 
     state, info, label = _load_desired(repo, ref, paths)
     clock = SystemClock()
-    try:
-        with _store(state_url, create=False) as store:
-            plan = compute_plan(state, store.applied_state(), commit=info, source=label, clock=clock,
-                                reach=_reach_estimator(with_reach))
-            AuditLog(store, clock, actor).record(PLAN, commit_sha=plan.commit_sha, details={
-                "changes": plan.counts(), "base_version": plan.base_version, "source": label,
-                "saved_to": str(out) if out else None, "prune_guard_tripped": plan.prune.tripped})
-    except StoreNotFoundError:
-        plan = compute_plan(state, AppliedState.empty(), commit=info, source=label, clock=clock,
-                            reach=_reach_estimator(with_reach))
+    reach = _reach_estimator(with_reach)
+    with _reviewer(previews or check_budget, previews, sample, audience_url, samples) as reviewer:
+        if base_ref is not None:
+            base = _base_applied(base_ref, repo, paths)
+            plan = compute_plan(state, base, commit=info, source=label, clock=clock, reach=reach,
+                                reviewer=reviewer, base_ref=base_ref)
+        else:
+            try:
+                with _store(state_url, create=False) as store:
+                    plan = compute_plan(state, store.applied_state(), commit=info, source=label, clock=clock,
+                                        reach=reach, reviewer=reviewer)
+                    AuditLog(store, clock, actor).record(PLAN, commit_sha=plan.commit_sha, details={
+                        "changes": plan.counts(), "base_version": plan.base_version, "source": label,
+                        "saved_to": str(out) if out else None, "prune_guard_tripped": plan.prune.tripped})
+            except StoreNotFoundError:
+                plan = compute_plan(state, AppliedState.empty(), commit=info, source=label, clock=clock,
+                                    reach=reach, reviewer=reviewer)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(plan.to_json() + "\n", encoding="utf-8")
     click.echo(render_plan(plan, fmt), nl=False)
     if out is not None and fmt == "text":
         click.echo(f"\nSaved the plan to {out}. Apply exactly this plan with: herald apply {out}")
+    exceeded = [b for b in plan.budgets if b.exceeded]
+    if check_budget and exceeded:
+        for check in exceeded:
+            click.echo(redact(f"budget exceeded: {check.describe()}"), err=True)
+        _fail(f"{len(exceeded)} campaign(s) exceed their budget")
     sys.exit(2 if detailed_exitcode and plan.has_changes else 0)
 
 
@@ -159,15 +280,17 @@ def plan_command(paths: tuple[str, ...], repo: str | None, ref: str | None, fmt:
 @click.option("--repo", help="Plan and apply this repository (local path or remote URL) instead of a plan file.")
 @click.option("--ref", help="Commit, tag or branch (local default HEAD; remote default main).")
 @click.option("--allow-prune", is_flag=True, help="Apply even if it deletes or pauses too many active campaigns.")
+@click.option("--override-freeze", is_flag=True, help="Apply even inside a freeze window (audited).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @_state_option
 @_actor_option
-def apply_command(plan_file: Path | None, repo: str | None, ref: str | None, allow_prune: bool, yes: bool,
-                  state_url: str, actor: str) -> None:
+def apply_command(plan_file: Path | None, repo: str | None, ref: str | None, allow_prune: bool,
+                  override_freeze: bool, yes: bool, state_url: str, actor: str) -> None:
     """Apply a saved plan (PLAN_FILE) or the commit --ref of --repo, atomically.
 
-    A saved plan is refused when the applied state moved since it was computed (stale). Exit 0 when
-    applied or nothing to do, 1 when refused, 2 on usage or connection errors.
+    A saved plan is refused when the applied state moved since it was computed (stale). Inside a
+    freeze window of the applied Settings the apply is held unless --override-freeze. Exit 0 when
+    applied or nothing to do, 1 when refused or held, 2 on usage or connection errors.
     """
     from .apply import ApplyRefused, apply_plan
     from .plan import Plan, compute_plan, render_plan
@@ -190,7 +313,8 @@ def apply_command(plan_file: Path | None, repo: str | None, ref: str | None, all
                     _fail("refusing to apply without confirmation; pass --yes", 2)
                 click.confirm("Apply these changes?", abort=True)
         try:
-            result = apply_plan(store, plan, clock=clock, actor=actor, allow_prune=allow_prune)
+            result = apply_plan(store, plan, clock=clock, actor=actor, allow_prune=allow_prune,
+                                override_freeze=override_freeze)
         except ApplyRefused as exc:
             _fail(f"apply refused: {exc}")
     click.echo(result.describe())

@@ -9,10 +9,11 @@ executes exactly what the plan says, and refuses it when the applied state moved
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ from .clock import Clock, SystemClock
 from .gitsource import CommitInfo
 from .loading import DesiredState, LoadedDocument
 from .models import Campaign, Document, Provider, ProviderGroup, Secret
+from .review import BudgetCheck, CostEstimate, CountryRoute, Preview, Reviewer, check_budget, format_money
 from .secrets import SecretError, redact, resolve_secret
 from .store.base import AppliedObject, AppliedState, Override
 
@@ -100,6 +102,10 @@ class Impact:
     message: MessageImpact | None = None
     estimated_reach: int | None = None
     notes: tuple[str, ...] = ()
+    previews: tuple[Preview, ...] = ()
+    routes: tuple[CountryRoute, ...] = ()
+    cost: CostEstimate | None = None
+    sample_source: str | None = None  # where preview users came from
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -113,6 +119,10 @@ class Impact:
                 "segments": self.message.segments, "approximate": self.message.approximate},
             "estimated_reach": self.estimated_reach,
             "notes": list(self.notes),
+            "previews": [p.to_dict() for p in self.previews],
+            "routes": [r.to_dict() for r in self.routes],
+            "cost": self.cost.to_dict() if self.cost else None,
+            "sample_source": self.sample_source,
         }
 
     @classmethod
@@ -127,6 +137,10 @@ class Impact:
             message=MessageImpact(**message) if message else None,
             estimated_reach=data.get("estimated_reach"),
             notes=tuple(data.get("notes", [])),
+            previews=tuple(Preview.from_dict(p) for p in data.get("previews", [])),
+            routes=tuple(CountryRoute.from_dict(r) for r in data.get("routes", [])),
+            cost=CostEstimate.from_dict(data["cost"]) if data.get("cost") else None,
+            sample_source=data.get("sample_source"),
         )
 
 
@@ -239,6 +253,8 @@ class Plan:
     changes: tuple[Change, ...]
     drift: tuple[Drift, ...] = ()
     prune: PruneCheck = field(default_factory=lambda: PruneCheck(0, (), DEFAULT_PRUNE_MAX_SHARE))
+    base_ref: str | None = None  # planned against this git ref's desired state (a review), not a store
+    budgets: tuple[BudgetCheck, ...] = ()
     format: int = PLAN_FORMAT
 
     @property
@@ -281,6 +297,8 @@ class Plan:
             "changes": [c.to_dict() for c in self.changes],
             "drift": [d.to_dict() for d in self.drift],
             "prune_guard": self.prune.to_dict(),
+            "base_ref": self.base_ref,
+            "budgets": [b.to_dict() for b in self.budgets],
         }
 
     def to_json(self) -> str:
@@ -301,6 +319,8 @@ class Plan:
             changes=tuple(Change.from_dict(c) for c in data["changes"]),
             drift=tuple(Drift.from_dict(d) for d in data.get("drift", [])),
             prune=PruneCheck.from_dict(data["prune_guard"]),
+            base_ref=data.get("base_ref"),
+            budgets=tuple(BudgetCheck.from_dict(b) for b in data.get("budgets", [])),
         )
 
     @classmethod
@@ -351,6 +371,16 @@ def _desired_objects(state: DesiredState) -> dict[tuple[str, str], _Desired]:
     return found
 
 
+def applied_from_desired(state: DesiredState, *, commit_sha: str | None, applied_at: datetime) -> AppliedState:
+    """A desired state treated as applied (`herald plan --base-ref`): what a pull request is compared to."""
+    objects = {
+        key: AppliedObject(kind=key[0], name=key[1], spec=want.spec, spec_hash=want.hash, commit_sha=commit_sha,
+                           applied_at=applied_at, version=0, created_at=applied_at, paused=git_paused(want.spec))
+        for key, want in _desired_objects(state).items()
+    }
+    return AppliedState(version=0, commit_sha=commit_sha, applied_at=applied_at, store_id=None, objects=objects)
+
+
 def _sort_key(key: tuple[str, str]) -> tuple[int, str]:
     kind, name = key
     return (KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER), name)
@@ -396,14 +426,20 @@ def compute_plan(
     source: str = "",
     clock: Clock | None = None,
     reach: ReachEstimator | None = None,
+    reviewer: Reviewer | None = None,
+    base_ref: str | None = None,
 ) -> Plan:
-    """Diff `state` (already validated) against `applied`. Reads nothing else; writes nothing."""
+    """Diff `state` (already validated) against `applied`. Reads nothing else; writes nothing.
+
+    With a `reviewer`, created and changed campaigns get previews, routes and a cost estimate, and
+    every active campaign with a budget is checked against its estimate (Plan.budgets).
+    """
     now = (clock or SystemClock()).now()
     register_referenced_secrets(state)
     desired = _desired_objects(state)
     changes: list[Change] = []
     for key in sorted(set(desired) | set(applied.objects), key=_sort_key):
-        changes.append(_change(key, applied.get(*key), desired.get(key), applied, state, now, reach))
+        changes.append(_change(key, applied.get(*key), desired.get(key), applied, state, now, reach, reviewer))
     drift = tuple(_drift(applied, desired))
     removed = tuple(
         c.name for c in changes
@@ -421,11 +457,30 @@ def compute_plan(
         changes=tuple(changes),
         drift=drift,
         prune=PruneCheck(active, removed, _prune_max_share(applied, state)),
+        base_ref=base_ref,
+        budgets=_budgets(state, applied, reviewer, now) if reviewer is not None else (),
     )
 
 
+def _budgets(state: DesiredState, applied: AppliedState, reviewer: Reviewer, now: datetime) -> tuple[BudgetCheck, ...]:
+    """Every campaign with a budget, changed or not (a price change can break an unchanged campaign)."""
+    checks = []
+    for name, campaign in sorted(state.campaigns.items()):
+        if campaign.spec.budget is None:
+            continue
+        obj = applied.get("Campaign", name)
+        cost = None
+        if not campaign.spec.paused:
+            cost = reviewer.review(campaign, state, now=now, created_at=obj.created_at if obj else now).cost
+        check = check_budget(campaign, cost)
+        if check is not None:
+            checks.append(check)
+    return tuple(checks)
+
+
 def _change(key: tuple[str, str], obj: AppliedObject | None, want: _Desired | None, applied: AppliedState,
-            state: DesiredState, now: datetime, reach: ReachEstimator | None) -> Change:
+            state: DesiredState, now: datetime, reach: ReachEstimator | None,
+            reviewer: Reviewer | None = None) -> Change:
     kind, name = key
     action = _action(obj, want)
     if want is None:
@@ -436,6 +491,11 @@ def _change(key: tuple[str, str], obj: AppliedObject | None, want: _Desired | No
         created_at = obj.created_at if obj else now
         impact = campaign_impact(want.document, state, now=now, created_at=created_at,
                                  paused=bool(paused_after), reach=reach)
+        if reviewer is not None and action != "pause":
+            review = reviewer.review(want.document, state, now=now, created_at=created_at)
+            impact = replace(impact, previews=review.previews if reviewer.previews else (), routes=review.routes,
+                             cost=review.cost, notes=impact.notes + review.notes,
+                             sample_source=getattr(reviewer, "label", None))
     elif action != "noop" and (summary := describe_object(want.document)):
         impact = Impact(summary=summary)
     diff = tuple(diff_specs(obj.spec, want.spec)) if obj is not None and action != "noop" else ()
@@ -609,7 +669,10 @@ def _header(plan: Plan) -> list[str]:
         lines.append(f'Herald plan for commit {c.short_sha} "{c.subject}" by {c.author}, {_when(c.committed_at)}')
     else:
         lines.append(f"Herald plan for {plan.source or 'the working tree'} (not a commit)")
-    if plan.base_version == 0:
+    if plan.base_ref is not None:
+        base = f" (commit {plan.base_commit[:10]})" if plan.base_commit else ""
+        lines.append(f"Against the desired state of {plan.base_ref}{base}, as if it were applied.")
+    elif plan.base_version == 0:
         lines.append("Against an empty applied state (nothing applied yet).")
     else:
         base = f" (commit {plan.base_commit[:10]})" if plan.base_commit else ""
@@ -639,6 +702,64 @@ def impact_lines(impact: Impact) -> list[str]:
         lines.append(f"estimated reach: {impact.estimated_reach:,} users")
     lines.extend(impact.notes)
     return lines
+
+
+def _route_text(route: CountryRoute) -> str:
+    where = "other" if route.country == "*" else route.country
+    if route.group is None:
+        return f"{where} → no group"
+    price = f" {route.price:g} {route.currency}/segment" if route.price is not None else " (no price)"
+    return f"{where} → {route.group}/{route.providers[0]}{price}"
+
+
+def cost_lines(cost: CostEstimate) -> list[str]:
+    lines = []
+    segments = f"{cost.segments:g} segment{'s' if cost.segments != 1 else ''}"
+    if cost.next_run is not None:
+        users = f"{cost.reach:,} users" if cost.reach is not None else "?"
+        lines.append(f"cost: next run ≈ {format_money(cost.next_run)} ({users}, {cost.reach_basis}, x {segments})")
+    elif cost.per_message:
+        lines.append(f"cost: ≈ {format_money(cost.per_message)} per message ({segments}; reach {cost.reach_basis})")
+    if cost.month is not None:
+        lines.append(f"cost: next 30 days ≈ {format_money(cost.month)} ({cost.month_basis})")
+    return lines
+
+
+def preview_header(impact: Impact) -> str:
+    return f"previews (users from {impact.sample_source or 'samples'}; PII masked):"
+
+
+def preview_summary(preview: Preview) -> str:
+    route = f"{preview.group}/{preview.provider}" if preview.group else "no group"
+    if preview.error is not None:
+        return f"{preview.user} {preview.country or '?'} {preview.phone} → {route}: does not render: {preview.error}"
+    plural = "s" if preview.segments != 1 else ""
+    approx = ", stand-ins for event/linked values" if preview.stand_ins else ""
+    price = (f", {preview.segments * preview.price:.4f} {preview.currency}" if preview.price is not None
+             else ", no price")
+    return (f"{preview.user} {preview.country or '?'} {preview.phone} → {route}: {preview.encoding}, "
+            f"{preview.units} chars, {preview.segments} segment{plural}{price}{approx}")
+
+
+def review_lines(impact: Impact) -> list[str]:
+    """Routes, cost and previews (text format)."""
+    lines = []
+    if impact.routes:
+        lines.append("routes: " + "; ".join(_route_text(r) for r in impact.routes))
+    if impact.cost is not None:
+        lines.extend(cost_lines(impact.cost))
+    if impact.previews:
+        lines.append(preview_header(impact))
+        for preview in impact.previews:
+            lines.append(f"  {preview_summary(preview)}")
+            if preview.text is not None:
+                lines.extend(f"    | {line}" for line in preview.text.splitlines() or [""])
+    return lines
+
+
+def budget_lines(plan: Plan) -> list[str]:
+    marks = {"ok": "✓", "exceeded": "✗", "unknown": "?"}
+    return [f"{marks[b.status]} {b.describe()}" for b in plan.budgets]
 
 
 def diff_lines(diff: Sequence[FieldChange]) -> list[str]:
@@ -684,6 +805,10 @@ def render_text(plan: Plan) -> str:
             lines.extend(f"      {line}" for line in diff_lines(change.diff))
             if change.impact:
                 lines.extend(f"      {line}" for line in impact_lines(change.impact))
+                lines.extend(f"      {line}" for line in review_lines(change.impact))
+    if plan.budgets:
+        lines += ["", "Budgets:"]
+        lines.extend(f"  {line}" for line in budget_lines(plan))
     if plan.drift:
         lines += ["", "Drift (changes made outside git):"]
         for item in plan.drift:
@@ -716,10 +841,18 @@ def render_markdown(plan: Plan) -> str:
         title = f"### Herald plan for `{plan.commit.short_sha}` — {_md_cell(plan.commit.subject)}"
     else:
         title = f"### Herald plan for `{_md_cell(plan.source or 'working tree')}`"
-    base = ("against an empty applied state" if plan.base_version == 0 else
-            f"against applied state version {plan.base_version}"
-            + (f" (`{plan.base_commit[:10]}`)" if plan.base_commit else ""))
+    if plan.base_ref is not None:
+        base = f"against `{_md_cell(plan.base_ref)}`" + (f" (`{plan.base_commit[:10]}`)" if plan.base_commit else "")
+    else:
+        base = ("against an empty applied state" if plan.base_version == 0 else
+                f"against applied state version {plan.base_version}"
+                + (f" (`{plan.base_commit[:10]}`)" if plan.base_commit else ""))
     lines = [title, "", f"**{plan.summary()}** — {base}.", ""]
+    exceeded = [b for b in plan.budgets if b.exceeded]
+    if exceeded:
+        lines += ["> [!CAUTION]", "> **Budget exceeded** — `herald plan --check-budget` fails:"]
+        lines += [f"> - {_md_cell(b.describe())}" for b in exceeded]
+        lines.append("")
     actionable = plan.actionable
     if actionable:
         lines += ["| | Object | Action | Impact |", "|---|---|---|---|"]
@@ -740,8 +873,18 @@ def render_markdown(plan: Plan) -> str:
                 if field_change.new is not ABSENT:
                     block.append(f"+ {field_change.path}: {show_value(field_change.new)}")
             lines += [*_md_code_block(block, "diff"), "", "</details>"]
+        for change in actionable:
+            if change.impact is not None and (change.impact.previews or change.impact.cost or change.impact.routes):
+                lines += ["", *_md_review(change)]
     else:
         lines.append("No changes: the applied state matches the desired state.")
+    if plan.budgets:
+        marks = {"ok": "✅", "exceeded": "❌", "unknown": "❔"}
+        lines += ["", "#### Budgets", "", "| | Campaign | Budget | Estimate | Basis |", "|---|---|---|---|---|"]
+        for b in plan.budgets:
+            estimate = f"{b.estimate:,.2f} {b.currency}" if b.estimate is not None else "not checked"
+            lines.append(f"| {marks[b.status]} | `{b.campaign}` | {b.amount:,.2f} {b.currency} per {b.per} | "
+                         f"{estimate} | {_md_cell(b.reason)} |")
     if plan.drift:
         lines += ["", "> [!WARNING]", "> **Drift** (changes made outside git):"]
         for item in plan.drift:
@@ -751,6 +894,30 @@ def render_markdown(plan: Plan) -> str:
         lines += ["", "> [!CAUTION]", f"> **Prune guard:** {plan.prune.describe()}. "
                   "`herald apply` refuses this plan without `--allow-prune`."]
     return redact("\n".join(lines)) + "\n"
+
+
+def _md_review(change: Change) -> list[str]:
+    """Cost, routes and previews of one campaign, in an open <details> block."""
+    impact = change.impact
+    assert impact is not None
+    lines = [f"<details open><summary><code>{change.address}</code>: previews and cost</summary>", ""]
+    if impact.cost is not None:
+        lines += [f"- {_md_cell(line.removeprefix('cost: '))}" for line in cost_lines(impact.cost)]
+    if impact.routes:
+        lines.append("- routes: " + "; ".join(_md_cell(_route_text(r)) for r in impact.routes))
+    if impact.previews:
+        lines += ["", f"Previews (users from {_md_cell(impact.sample_source or 'samples')}; PII masked):", "",
+                  "| User | Country | Phone | Route | Encoding | Segments | Cost | Message |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for p in impact.previews:
+            route = f"{p.group}/{p.provider}" if p.group else "no group"
+            cost = f"{p.segments * p.price:.4f} {p.currency}" if p.price is not None and p.error is None else "—"
+            text = f"⚠️ does not render: {p.error}" if p.error is not None else html.escape(p.text or "", quote=False)
+            if p.stand_ins and p.error is None:
+                text += " _(stand-ins for event/linked values)_"
+            lines.append(f"| `{p.user}` | {p.country or '?'} | {p.phone} | {route} | {p.encoding or '—'} | "
+                         f"{p.segments if p.error is None else '—'} | {cost} | {_md_cell(text)} |")
+    return [*lines, "", "</details>"]
 
 
 RENDERERS: dict[str, Callable[[Plan], str]] = {"text": render_text, "json": render_json, "markdown": render_markdown}
