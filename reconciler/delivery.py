@@ -17,7 +17,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import phonenumbers
@@ -39,6 +39,7 @@ LOG = logging.getLogger("herald.delivery")
 CLAIM_BATCH = 200
 MAX_CLAIMS = 6
 RETRY_BASE = timedelta(seconds=5)
+EARLY_RECORD_SECONDS = 0.05
 
 
 def message_cost(provider: Provider | None, phone: str, segments: int) -> float | None:
@@ -118,8 +119,38 @@ class DeliveryWorker:
                                     template_variables=r.template_variables,
                                     metadata={"campaign": name, "run": str(row.run_id or "")})
                     for row, r in ready]
-        results = await self.router.send(messages, group=campaign.spec.providerGroup)
-        await self._record(campaign, ready, results, outcome)
+        await self._send(campaign, ready, messages, outcome)
+
+    async def _send(self, campaign: Campaign, ready: list[tuple[OutboxRow, Rendered]],
+                    messages: list[OutboundMessage], outcome: BatchOutcome) -> None:
+        """Send the batch and record accepted messages every EARLY_RECORD_SECONDS while the rest are
+        still in flight, so a crash leaves only the last moment's answers unrecorded (in doubt, resent
+        after the lease), not the whole batch."""
+        accepted: list[ProviderResult] = []
+        sending = asyncio.ensure_future(self.router.send(
+            messages, group=campaign.spec.providerGroup,
+            on_result=lambda result: accepted.append(result) if result.status == "sent" else None))
+        early: list[SendResult] = []
+        try:
+            while not sending.done():
+                await asyncio.wait({sending}, timeout=EARLY_RECORD_SECONDS)
+                if accepted and not sending.done():
+                    taken = list(accepted)
+                    accepted.clear()
+                    early += await self._complete(ready, taken)
+        finally:
+            if not sending.done():
+                sending.cancel()
+        await self._record(campaign, ready, sending.result(), outcome, early=early)
+
+    async def _complete(self, ready: list[tuple[OutboxRow, Rendered]],
+                        results: Sequence[ProviderResult]) -> list[SendResult]:
+        """Record these final results now; returns what was written."""
+        rendered_by_key = {row.idempotency_key: (row, rendered) for row, rendered in ready}
+        now = self.rt.clock.now()
+        final = [self._final(*rendered_by_key[r.message_id], r, now) for r in results]
+        await asyncio.to_thread(self.rt.store.complete, self.rt.worker_id, final)
+        return final
 
     async def _render(self, campaign: Campaign, row: OutboxRow) -> Rendered | str:
         member = member_from_context(row.context)
@@ -161,27 +192,36 @@ class DeliveryWorker:
                 details={"messages": skipped, "reason": reason, "users": [r.user_id for r in rows[:20]],
                          "runs": sorted({r.run_id for r in rows if r.run_id is not None})})])
 
+    def _final(self, row: OutboxRow, rendered: Rendered, result: ProviderResult, now: datetime) -> SendResult:
+        provider = self.state.providers.get(result.provider or "")
+        self.rt.metrics.sends.labels(provider=result.provider or "none", status=result.status).inc()
+        self.rt.metrics.send_wait.observe(max(0.0, (now - row.not_before).total_seconds()))
+        return SendResult(
+            outbox_id=row.id, status=result.status, provider=result.provider,
+            provider_message_id=result.provider_message_id, attempts=result.attempts, error=result.error,
+            segments=rendered.segments,
+            cost=message_cost(provider, row.phone, rendered.segments) if result.status == "sent" else None)
+
     async def _record(self, campaign: Campaign, ready: list[tuple[OutboxRow, Rendered]],
-                      results: Sequence[ProviderResult], outcome: BatchOutcome) -> None:
+                      results: Sequence[ProviderResult], outcome: BatchOutcome,
+                      early: Sequence[SendResult] = ()) -> None:
+        """Record the batch's remaining results (`early` ones are already written) and audit it."""
         now = self.rt.clock.now()
         by_key = {r.message_id: r for r in results}
-        final: list[SendResult] = []
+        recorded = {r.outbox_id for r in early}
+        fresh: list[SendResult] = []
         retry: list[OutboxRow] = []
         for row, rendered in ready:
+            if row.id in recorded:
+                continue
             result = by_key[row.idempotency_key]
             if result.status == "failed" and result.retryable and row.claim_count < MAX_CLAIMS:
                 retry.append(row)
                 continue
-            provider = self.state.providers.get(result.provider or "")
-            final.append(SendResult(
-                outbox_id=row.id, status=result.status, provider=result.provider,
-                provider_message_id=result.provider_message_id, attempts=result.attempts, error=result.error,
-                segments=rendered.segments,
-                cost=message_cost(provider, row.phone, rendered.segments) if result.status == "sent" else None))
-            self.rt.metrics.sends.labels(provider=result.provider or "none", status=result.status).inc()
-            self.rt.metrics.send_wait.observe(max(0.0, (now - row.not_before).total_seconds()))
-        if final:
-            await asyncio.to_thread(self.rt.store.complete, self.rt.worker_id, final)
+            fresh.append(self._final(row, rendered, result, now))
+        if fresh:
+            await asyncio.to_thread(self.rt.store.complete, self.rt.worker_id, fresh)
+        final = [*early, *fresh]
         for row in retry:
             backoff = RETRY_BASE * (2 ** max(0, row.claim_count - 1))
             error = by_key[row.idempotency_key].error

@@ -27,7 +27,7 @@ from git import Actor, Repo
 
 from reconciler.audience.records import parse_user
 from reconciler.audience.store import open_audience_store
-from reconciler.demo import DEMO_SECRETS
+from reconciler.demo import DEMO_SECRETS, DEMO_START, DemoWorld, demo_world, sample_population
 from reconciler.providers.mock_server import MockState, running_mock_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,9 +92,13 @@ def providers_yaml(timeout: float = 5.0, cooldown: float = 2.0) -> str:
     return PROVIDERS_YAML.replace("TIMEOUT", f"{timeout:g}").replace("COOLDOWN", f"{cooldown:g}")
 
 
-def campaign_yaml(name: str, when: datetime, cohort: str = COHORT) -> str:
+def campaign_yaml(name: str, when: datetime, cohort: str = COHORT, *, everyone: bool = False) -> str:
+    """A one-time campaign for the `cohort` users (or, with everyone=True, every user with a first name)."""
     stamp = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return CAMPAIGN_YAML.replace("NAME", name).replace("WHEN", stamp).replace("COHORT", cohort)
+    text = CAMPAIGN_YAML.replace("NAME", name).replace("WHEN", stamp).replace("COHORT", cohort)
+    if everyone:
+        text = text.replace(f"{{name: cohort, op: eq, value: {cohort}}}", "{name: first_name, op: exists}")
+    return text
 
 
 def free_port() -> int:
@@ -134,6 +138,25 @@ def standard_files(when: datetime, *, timeout: float = 5.0, campaign: str = "bla
     }
 
 
+@contextlib.contextmanager
+def engine_world(tmp_path: Path, files: dict[str, str], *, population: int = 30,
+                 start: datetime = DEMO_START) -> Iterator[DemoWorld]:
+    """The in-process engine (FakeClock, SQLite, DuckDB, the mock) on a repository of `files`:
+    reconciler.demo's world with its sample population, but our providers and campaigns."""
+    source = tmp_path / "source"
+    for rel, text in files.items():
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        (source / rel).write_text(text)
+    dirs = sorted({source / Path(rel).parts[0] for rel in files})
+    with demo_world(tmp_path / "world", population=population, start=start, sources=dirs) as world:
+        yield world
+
+
+def world_phones(population: int, start: datetime = DEMO_START) -> set[str]:
+    users, _ = sample_population(population, start)
+    return {u["phone"] for u in users}
+
+
 # ---------------------------------------------------------------- audience
 
 
@@ -160,16 +183,24 @@ def ingest(audience_url: str, users: list[dict[str, Any]]) -> None:
 
 @dataclass
 class Mock:
-    url: str
-    state: MockState
+    """The mock provider seen through its control endpoints (and its state, when in this process)."""
 
-    def messages(self) -> list[dict[str, Any]]:
-        return list(httpx.get(f"{self.url}/_mock/messages", timeout=30).json()["messages"])
+    url: str
+    state: MockState | None = None
+
+    def messages(self, provider: str | None = None) -> list[dict[str, Any]]:
+        params = {"provider": provider} if provider else {}
+        return list(httpx.get(f"{self.url}/_mock/messages", params=params, timeout=30).json()["messages"])
 
     def stats(self) -> dict[str, Any]:
         return dict(httpx.get(f"{self.url}/_mock/stats", timeout=30).json())
 
+    def provider_stats(self, provider: str) -> dict[str, int]:
+        return dict(self.stats()["providers"].get(provider, {}))
+
     def accepted(self) -> int:
+        if self.state is None:
+            return int(self.stats()["total"].get("messages", 0))
         with self.state.lock:
             return len(self.state.messages)
 

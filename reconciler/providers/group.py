@@ -42,6 +42,7 @@ from .registry import build_adapter, default_client
 
 SleepFn = Callable[[float], Awaitable[None]]
 BeforeSend = Callable[[str, Sequence[OutboundMessage]], Awaitable[object]]  # e.g. ratelimit.SendRateGuard
+ResultHook = Callable[[SendResult], None]  # sees each message's final result as soon as it is known
 BreakerState = Literal["closed", "open", "half-open"]
 
 
@@ -111,6 +112,12 @@ class _Pending:
 @dataclass
 class _Tally:
     results: dict[str, SendResult] = field(default_factory=dict)
+    on_result: ResultHook | None = None
+
+    def settle(self, result: SendResult) -> None:
+        self.results[result.message_id] = result
+        if self.on_result is not None:
+            self.on_result(result)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -215,16 +222,20 @@ class GroupRouter:
 
     # -- sending -------------------------------------------------------------------------
 
-    async def send(self, messages: Sequence[OutboundMessage], group: str | None = None) -> list[SendResult]:
-        """Send each message through its group (or `group`); one SendResult per message, in order."""
-        tally = _Tally()
+    async def send(self, messages: Sequence[OutboundMessage], group: str | None = None, *,
+                   on_result: ResultHook | None = None) -> list[SendResult]:
+        """Send each message through its group (or `group`); one SendResult per message, in order.
+
+        `on_result` is called with each message's final result the moment it is known (before the
+        whole call returns), so a caller can record accepted messages without waiting for the rest."""
+        tally = _Tally(on_result=on_result)
         by_group: dict[str, list[_Pending]] = {}
         for message in messages:
             try:
                 chosen = self.group_for(message.to, group)
             except RoutingError as exc:
-                tally.results[message.message_id] = result_from(
-                    None, message, ProviderError(str(exc), retryable=False, scope="message"), attempts=0)
+                tally.settle(result_from(
+                    None, message, ProviderError(str(exc), retryable=False, scope="message"), attempts=0))
                 continue
             by_group.setdefault(chosen.name, []).append(_Pending(message))
         await asyncio.gather(*(self._send_group(self.state.groups[name], pending, tally)
@@ -239,8 +250,8 @@ class GroupRouter:
             try:
                 number_region(message.to)
             except InvalidNumber as exc:
-                tally.results[message.message_id] = result_from(
-                    None, message, ProviderError(str(exc), retryable=False, scope="message"), attempts=0)
+                tally.settle(result_from(
+                    None, message, ProviderError(str(exc), retryable=False, scope="message"), attempts=0))
                 continue
             pending.append(_Pending(message))
         left = await self._send_provider(provider_name, CircuitBreaker(), pending, tally, respect_breaker=False)
@@ -259,8 +270,7 @@ class GroupRouter:
         for item in pending:
             error = item.last_error or ProviderError("no provider available (all circuits open)",
                                                      retryable=True, scope="provider")
-            tally.results[item.message.message_id] = result_from(item.last_provider, item.message, error,
-                                                                 item.attempts)
+            tally.settle(result_from(item.last_provider, item.message, error, item.attempts))
 
     async def _send_provider(self, provider_name: str, settings: CircuitBreaker, pending: list[_Pending],
                              tally: _Tally, respect_breaker: bool = True) -> list[_Pending]:
@@ -316,8 +326,7 @@ class GroupRouter:
                 item.last_error = outcome
                 again.append(item)
             else:
-                tally.results[item.message.message_id] = result_from(provider, item.message, outcome,
-                                                                     item.attempts)
+                tally.settle(result_from(provider, item.message, outcome, item.attempts))
         return again
 
 
