@@ -246,7 +246,8 @@ class PostgresRateLimiter(_ReservingLimiter):
         ddl = (f"CREATE UNLOGGED TABLE IF NOT EXISTS {self.table} (key text PRIMARY KEY,"
                " level double precision NOT NULL, at double precision NOT NULL)")
         # another daemon may create it at the same moment (IF NOT EXISTS is not race-free)
-        with contextlib.suppress(psycopg.errors.UniqueViolation):
+        with contextlib.suppress(psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject,
+                                 psycopg.errors.DuplicateTable):
             await conn.execute(ddl)
 
     async def _reserve(self, key: str, rate: float, burst: int, tokens: int) -> float:

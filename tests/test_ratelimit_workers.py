@@ -32,7 +32,9 @@ ENV = {"T_TOKEN": "twilio-token-ratelimit"}
 RATE = 8  # messages per second
 BURST = 2
 PER_WORKER = 10
-JITTER = 0.05  # seconds: scheduling and loopback latency between a grant and the mock's receipt
+# Seconds of spread in (grant -> receipt at the mock) latency the bounds allow for. With these
+# numbers the integer bounds below equal the exact grant bounds, which tolerate 1/RATE of spread.
+JITTER = 0.05
 
 STATE = f"""
 apiVersion: herald/v1
@@ -142,8 +144,9 @@ def assert_within_limit(times: Sequence[float]) -> None:
     assert len(times) == 2 * PER_WORKER, "every message received exactly once"
     for width in (0.5, 1.0, 2.0):
         assert max_in_window(times, width) <= allowed(width), f"more than allowed in a {width} s window"
-    # and the limiter really spaced them: all but the burst needed tokens at RATE per second
-    assert times[-1] - times[0] >= (len(times) - BURST) / RATE - JITTER
+    # and the limiter really spaced them: all but the burst needed tokens at RATE per second (without
+    # it they all arrive within ~0.1 s); 10% slack for a slow first connection under load
+    assert times[-1] - times[0] >= 0.9 * (len(times) - BURST) / RATE
 
 
 SharedLimiters = Callable[[], list[RateLimiter]]
