@@ -720,7 +720,7 @@ def cost_lines(cost: CostEstimate) -> list[str]:
         lines.append(f"cost: next run ≈ {format_money(cost.next_run)} ({users}, {cost.reach_basis}, x {segments})")
     elif cost.per_message:
         lines.append(f"cost: ≈ {format_money(cost.per_message)} per message ({segments}; reach {cost.reach_basis})")
-    if cost.month is not None:
+    if cost.month is not None and cost.recurring:
         lines.append(f"cost: next 30 days ≈ {format_money(cost.month)} ({cost.month_basis})")
     return lines
 

@@ -137,6 +137,7 @@ class CostEstimate:
     month: dict[str, float] | None  # currency -> cost of the next 30 days
     month_basis: str = ""
     unpriced_share: float = 0.0  # share of sampled messages routed to a provider without a price
+    recurring: bool = False  # cron / every / several dates, or live: the 30-day figure is worth showing
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -447,7 +448,7 @@ class StoreReviewer:
         return CostEstimate(reach=None if live else reach, reach_basis=basis, segments=round(segments, 3),
                             per_message=_rounded(per_message) or {}, next_run=_rounded(next_run),
                             runs_30d=runs, month=_rounded(month), month_basis=month_basis,
-                            unpriced_share=round(unpriced / len(ok), 4)), notes
+                            unpriced_share=round(unpriced / len(ok), 4), recurring=live or _recurring(campaign)), notes
 
     def _reach(self, campaign: Campaign, state: DesiredState, now: datetime,
                audience_empty: bool) -> tuple[int | None, str]:
@@ -465,6 +466,12 @@ class StoreReviewer:
             return None, "unknown (no audience store and no runLimit, subset, dailyLimit or safety limit)"
         limit, name = bound
         return limit, f"at most: {name}"
+
+
+def _recurring(campaign: Campaign) -> bool:
+    schedule = campaign.spec.schedule
+    return schedule is not None and (schedule.cron is not None or schedule.every is not None
+                                     or len(schedule.dates or ()) > 1)
 
 
 def reach_bound(campaign: Campaign, state: DesiredState) -> tuple[int, str] | None:
@@ -547,8 +554,8 @@ def check_budget(campaign: Campaign, cost: CostEstimate | None) -> BudgetCheck |
         return result(None, "unknown", f"the routed providers price in {priced}, not {budget.currency}")
     estimate = round(figures[budget.currency], 6)
     others = sorted(c for c in figures if c != budget.currency)
-    basis = (f"{cost.reach:,} users ({cost.reach_basis}) x {cost.segments:g} segments" if budget.per == "run"
-             else cost.month_basis)
+    segments = f"{cost.segments:g} segment{'s' if cost.segments != 1 else ''}"
+    basis = f"{cost.reach or 0:,} users ({cost.reach_basis}) x {segments}" if budget.per == "run" else cost.month_basis
     if others:
         basis += f"; spend in {', '.join(others)} not counted"
     return result(estimate, "exceeded" if estimate > budget.amount else "ok", basis)
