@@ -26,7 +26,6 @@ The waiting goes through an injectable `sleep`, and the bucket time through an i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import threading
 import time
@@ -239,15 +238,13 @@ class PostgresRateLimiter(_ReservingLimiter):
         await conn.execute("SET synchronous_commit TO off")
 
     async def _create_table(self, conn: Any) -> None:
-        import psycopg
-
         # UNLOGGED and no synchronous commit: a bucket is worth milliseconds; after a database crash
         # (or a failover to a standby) buckets simply start full again. About 4x the acquires per second.
         ddl = (f"CREATE UNLOGGED TABLE IF NOT EXISTS {self.table} (key text PRIMARY KEY,"
                " level double precision NOT NULL, at double precision NOT NULL)")
-        # another daemon may create it at the same moment (IF NOT EXISTS is not race-free)
-        with contextlib.suppress(psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject,
-                                 psycopg.errors.DuplicateTable):
+        # IF NOT EXISTS is not race-free (daemons starting together fail on pg_type): serialize it
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"herald:{self.table}",))
             await conn.execute(ddl)
 
     async def _reserve(self, key: str, rate: float, burst: int, tokens: int) -> float:

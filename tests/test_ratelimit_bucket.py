@@ -257,3 +257,16 @@ def test_make_rate_limiter_picks_the_backend_from_the_stores() -> None:
     assert isinstance(make_rate_limiter("postgresql://db/herald"), PostgresRateLimiter)
     assert isinstance(make_rate_limiter("postgresql://db/herald", "redis://cache:6379/0"), RedisRateLimiter)
     assert isinstance(make_rate_limiter("sqlite:///x.db", "redis://cache:6379/0"), RedisRateLimiter)
+
+
+@pytest.mark.postgres
+@pytest.mark.anyio
+async def test_postgres_daemons_starting_together_create_the_table_once(pg_dsn: str) -> None:
+    """CREATE TABLE IF NOT EXISTS is not race-free in PostgreSQL; the loser's error is absorbed."""
+    limiters = [PostgresRateLimiter(pg_dsn, sleep=FakeTime().sleep) for _ in range(6)]
+    try:
+        waits = await asyncio.gather(*(limiter.acquire(f"provider:{i}", 1, 1) for i, limiter in enumerate(limiters)))
+    finally:
+        for limiter in limiters:
+            await limiter.aclose()
+    assert list(waits) == [0.0] * 6
