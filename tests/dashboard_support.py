@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
 from pathlib import Path
 
 import uvicorn
@@ -107,3 +108,29 @@ def serve(app: Starlette) -> Iterator[str]:
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@dataclass(frozen=True)
+class Element:
+    tag: str
+    attrs: dict[str, str]
+
+    @property
+    def classes(self) -> set[str]:
+        return set(self.attrs.get("class", "").split())
+
+
+class _Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.found: list[Element] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.found.append(Element(tag, {k: v or "" for k, v in attrs}))
+
+
+def elements(html: str, tag: str | None = None, cls: str | None = None) -> list[Element]:
+    """Start tags of a page (parsed with the standard library), optionally by tag and class."""
+    collector = _Collector()
+    collector.feed(html)
+    return [e for e in collector.found if (tag is None or e.tag == tag) and (cls is None or cls in e.classes)]
