@@ -40,6 +40,9 @@ CLAIM_BATCH = 200
 MAX_CLAIMS = 6
 RETRY_BASE = timedelta(seconds=5)
 EARLY_RECORD_SECONDS = 0.05
+# Sending stops (unsent rows are released for a retry) before the claim's lease ends, so no request of
+# this worker is still running when another worker may claim the same rows: that would be a double send.
+SEND_SHARE_OF_LEASE = 0.8
 
 
 def message_cost(provider: Provider | None, phone: str, segments: int) -> float | None:
@@ -89,6 +92,7 @@ class DeliveryWorker:
     async def run_once(self) -> BatchOutcome:
         """Claim one batch and deliver it. Returns what happened (claimed == 0: nothing was due)."""
         now = self.rt.clock.now()
+        deadline = asyncio.get_running_loop().time() + self.rt.leases.outbox.total_seconds() * SEND_SHARE_OF_LEASE
         rows = await asyncio.to_thread(self.rt.store.claim, self.rt.worker_id, self.batch_size, now,
                                      self.rt.leases.outbox)
         outcome = BatchOutcome(claimed=len(rows))
@@ -97,10 +101,12 @@ class DeliveryWorker:
         by_campaign: dict[str, list[OutboxRow]] = defaultdict(list)
         for row in rows:
             by_campaign[row.campaign].append(row)
-        await asyncio.gather(*(self._deliver_campaign(name, group, outcome) for name, group in by_campaign.items()))
+        await asyncio.gather(*(self._deliver_campaign(name, group, outcome, deadline)
+                               for name, group in by_campaign.items()))
         return outcome
 
-    async def _deliver_campaign(self, name: str, rows: list[OutboxRow], outcome: BatchOutcome) -> None:
+    async def _deliver_campaign(self, name: str, rows: list[OutboxRow], outcome: BatchOutcome,
+                                deadline: float | None = None) -> None:
         campaign = self.campaign_for(rows[0])
         if campaign is None:
             await self._skip(rows, "campaign deleted", outcome)
@@ -119,16 +125,16 @@ class DeliveryWorker:
                                     template_variables=r.template_variables,
                                     metadata={"campaign": name, "run": str(row.run_id or "")})
                     for row, r in ready]
-        await self._send(campaign, ready, messages, outcome)
+        await self._send(campaign, ready, messages, outcome, deadline)
 
     async def _send(self, campaign: Campaign, ready: list[tuple[OutboxRow, Rendered]],
-                    messages: list[OutboundMessage], outcome: BatchOutcome) -> None:
+                    messages: list[OutboundMessage], outcome: BatchOutcome, deadline: float | None) -> None:
         """Send the batch and record accepted messages every EARLY_RECORD_SECONDS while the rest are
         still in flight, so a crash leaves only the last moment's answers unrecorded (in doubt, resent
         after the lease), not the whole batch."""
         accepted: list[ProviderResult] = []
         sending = asyncio.ensure_future(self.router.send(
-            messages, group=campaign.spec.providerGroup,
+            messages, group=campaign.spec.providerGroup, deadline=deadline,
             on_result=lambda result: accepted.append(result) if result.status == "sent" else None))
         early: list[SendResult] = []
         try:

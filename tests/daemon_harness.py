@@ -130,7 +130,8 @@ def commit_files(repo: Repo, files: dict[str, str], message: str, *, remove: Seq
     return repo.index.commit(message, author=actor, committer=actor).hexsha
 
 
-def standard_files(when: datetime, *, timeout: float = 5.0, campaign: str = "blast") -> dict[str, str]:
+def standard_files(when: datetime, *, timeout: float = 1.0, campaign: str = "blast") -> dict[str, str]:
+    """Providers (timeout well inside the daemons' send budget: 80% of --lease), settings, one campaign."""
     return {
         "providers/providers.yaml": providers_yaml(timeout),
         "campaigns/settings.yaml": SETTINGS_YAML,

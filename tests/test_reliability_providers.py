@@ -26,6 +26,7 @@ from daemon_harness import (
 from reconciler.delivery import MAX_CLAIMS, DeliveryWorker
 from reconciler.demo import DemoWorld
 from reconciler.providers.group import GroupRouter
+from reconciler.runtime import Leases
 from reconciler.store.base import OutboxRow
 
 FIRE = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -160,6 +161,26 @@ def test_a_retry_after_beyond_30s_fails_over_instead_of_waiting(world: DemoWorld
     accepted = assert_each_accepted_once(world, mock)
     assert accepted == {"twilio": USERS - 1, "vonage": 1}
     assert seconds < 10
+
+
+@pytest.mark.parametrize("world", [{"timeout": 0.3, "campaigns": 2}], indirect=True)
+def test_a_worker_never_waits_past_its_claim_it_fails_over_or_releases(world: DemoWorld) -> None:
+    """A Retry-After longer than what is left of the claim's lease is not waited out: once the lease
+    ends another worker may claim the same rows, and a request still running then would double-send."""
+    mock = Mock(world.mock_url)
+    world.engine.rt.leases = Leases.uniform(1.0)  # 0.8 s of real time to send each claimed batch
+    mock.fault("twilio", rate_limited=True, retry_after=5)
+    seconds = fire(world)
+    assert seconds < 1.0, f"the batch outlived its claim ({seconds:.1f}s)"
+    assert assert_each_accepted_once(world, mock) == {"vonage": USERS}  # failed over instead of waiting
+
+    mock.fault("vonage", rate_limited=True, retry_after=5)  # the next run: nobody can take it now
+    seconds = fire(world, FIRE + timedelta(hours=1))
+    assert seconds < 1.0
+    waiting = rows(world, "blast1")
+    assert {r.status for r in waiting} == {"pending"} and {r.claimed_by for r in waiting} == {None}
+    assert all(r.last_error for r in waiting)
+    assert all(m["idempotency_key"] not in {r.idempotency_key for r in waiting} for m in mock.messages())
 
 
 def test_malformed_success_answers_count_as_sent_and_are_not_resent(world: DemoWorld) -> None:

@@ -113,11 +113,16 @@ class _Pending:
 class _Tally:
     results: dict[str, SendResult] = field(default_factory=dict)
     on_result: ResultHook | None = None
+    deadline: float | None = None  # event-loop time after which no request may still be running
 
     def settle(self, result: SendResult) -> None:
         self.results[result.message_id] = result
         if self.on_result is not None:
             self.on_result(result)
+
+    def time_for(self, seconds: float) -> bool:
+        """Would something taking `seconds` from now end before the deadline?"""
+        return self.deadline is None or asyncio.get_running_loop().time() + seconds <= self.deadline
 
 
 @functools.lru_cache(maxsize=65536)
@@ -223,12 +228,15 @@ class GroupRouter:
     # -- sending -------------------------------------------------------------------------
 
     async def send(self, messages: Sequence[OutboundMessage], group: str | None = None, *,
-                   on_result: ResultHook | None = None) -> list[SendResult]:
+                   on_result: ResultHook | None = None, deadline: float | None = None) -> list[SendResult]:
         """Send each message through its group (or `group`); one SendResult per message, in order.
 
         `on_result` is called with each message's final result the moment it is known (before the
-        whole call returns), so a caller can record accepted messages without waiting for the rest."""
-        tally = _Tally(on_result=on_result)
+        whole call returns), so a caller can record accepted messages without waiting for the rest.
+        `deadline` (event-loop time, e.g. when the caller's claim on the messages ends): no attempt
+        starts unless its timeout ends before it and no backoff sleeps past it; messages still
+        unsent then fail as retryable."""
+        tally = _Tally(on_result=on_result, deadline=deadline)
         by_group: dict[str, list[_Pending]] = {}
         for message in messages:
             try:
@@ -267,9 +275,10 @@ class GroupRouter:
         self._finish(pending, tally)
 
     def _finish(self, pending: list[_Pending], tally: _Tally) -> None:
+        fallback = ("no provider available (all circuits open)" if tally.time_for(0)
+                    else "out of time before the claim ends; retried later")
         for item in pending:
-            error = item.last_error or ProviderError("no provider available (all circuits open)",
-                                                     retryable=True, scope="provider")
+            error = item.last_error or ProviderError(fallback, retryable=True, scope="provider")
             tally.settle(result_from(item.last_provider, item.message, error, item.attempts))
 
     async def _send_provider(self, provider_name: str, settings: CircuitBreaker, pending: list[_Pending],
@@ -294,11 +303,18 @@ class GroupRouter:
             chunk = [p for p in chunk if p.attempts < self.retry.max_total_attempts]
             if not chunk:
                 return []
+            if not tally.time_for(adapter.timeout):
+                return chunk
             if respect_breaker and not breaker.acquire(self.clock.now(), settings):
                 return chunk
+            holds_probe = respect_breaker and breaker.probing
             if self.before_send is not None:  # outside the semaphore: waiting holds no request slot
                 await self.before_send(adapter.name, [p.message for p in chunk])
             async with self._semaphore:
+                if not tally.time_for(adapter.timeout):  # waiting for send tokens or a slot used up the time
+                    if holds_probe:
+                        breaker.probing = False  # nothing was sent: give the probe back
+                    return chunk
                 outcomes = await adapter.submit([p.message for p in chunk])
             retry_later = self._settle(adapter.name, chunk, outcomes, tally)
             healthy = any(not isinstance(o, ProviderError) or o.scope == "message" for o in outcomes)
@@ -312,7 +328,10 @@ class GroupRouter:
             retry_after = max((p.last_error.retry_after or 0.0 for p in retryable if p.last_error), default=0.0)
             if retry_after > self.retry.max_retry_after:
                 return chunk
-            await self.sleep(self.retry.delay(attempt, retry_after, self.rng))
+            delay = self.retry.delay(attempt, retry_after, self.rng)
+            if not tally.time_for(delay + adapter.timeout):
+                return chunk
+            await self.sleep(delay)
         return chunk
 
     def _settle(self, provider: str, chunk: list[_Pending], outcomes: list[Outcome],
