@@ -59,11 +59,13 @@ FROM range({users}) t(i)
 """
 DUCKDB_EVENTS = """
 INSERT INTO events
-SELECT 'u' || lpad((hash(i) % {users})::VARCHAR, 7, '0'),
+SELECT * FROM (
+SELECT 'u' || lpad((hash(i) % {users})::VARCHAR, 7, '0') AS user_id,
        CASE WHEN i % 10 < 2 THEN 'purchase' WHEN i % 10 < 4 THEN 'added_to_cart' ELSE 'app_launched' END,
-       TIMESTAMPTZ '{now}' - INTERVAL 1 SECOND * (hash(i * 7) % 5184000),
+       TIMESTAMPTZ '{now}' - INTERVAL 1 SECOND * (hash(i * 7) % 5184000) AS ts,
        CASE WHEN i % 10 < 4 THEN json_object('amount', i % 200, 'sku', 'sku-' || (i % 500)) ELSE '{{}}' END
 FROM range({events}) t(i)
+) ORDER BY {order}
 """
 PG_USERS = """
 INSERT INTO users
@@ -93,6 +95,14 @@ def timed(action: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def peak_rss_mb() -> float:
+    """This process's own high-water RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the
+    parent across fork+exec, which would charge the generator's memory to the streaming child."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -112,15 +122,19 @@ def reach_figures(store: AudienceStore, repeats: int = 3) -> dict[str, dict[str,
     return figures
 
 
-def generate_duckdb(path: Path, users: int, events: int) -> dict[str, float]:
+def generate_duckdb(path: Path, users: int, events: int, shuffled: bool = False) -> dict[str, float]:
+    """Events are stored in arrival (time) order, as a live stream and time-ordered files produce them;
+    `shuffled` stores them in random order instead (the worst case for time-window pruning)."""
     with DuckDBAudienceStore(str(path)) as store:
-        fill = {"users": users, "events": events, "now": NOW.isoformat()}
+        fill = {"users": users, "events": events, "now": NOW.isoformat(), "order": "hash(user_id || ts)"
+                if shuffled else "ts"}
         users_s, _ = timed(lambda: store.execute_script(DUCKDB_USERS.format(**fill)))
         events_s, _ = timed(lambda: store.execute_script(DUCKDB_EVENTS.format(**fill)))
         stats = store.stats()
     size_mb = path.stat().st_size / 1e6
-    print(f"generated {stats.users:,} users in {users_s:.1f}s and {stats.events:,} events in {events_s:.1f}s "
-          f"(file {size_mb:.0f} MB)")
+    order = "random order" if shuffled else "time order"
+    print(f"generated {stats.users:,} users in {users_s:.1f}s and {stats.events:,} events ({order}) in "
+          f"{events_s:.1f}s (file {size_mb:.0f} MB)")
     return {"users_s": users_s, "events_s": events_s, "file_mb": size_mb}
 
 
@@ -232,6 +246,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--compare", default="", help="comma list of sqlite,postgres to run the same shape on")
     parser.add_argument("--pg", default=PG_DEFAULT)
+    parser.add_argument("--shuffled-events", action="store_true",
+                        help="store events in random order (worst case) instead of time order")
     parser.add_argument("--keep", type=Path, default=None, help="keep the generated DuckDB file in this directory")
     parser.add_argument("--materialize-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -245,7 +261,7 @@ def main() -> None:
         path = directory / "audience.duckdb"
         path.unlink(missing_ok=True)
         print(f"DuckDB {__import__('duckdb').__version__}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
-        generate_duckdb(path, args.users, args.events)
+        generate_duckdb(path, args.users, args.events, args.shuffled_events)
         url = f"duckdb:///{path}"
         with open_audience_store(url) as store:
             print("\nreach estimate (select_audience: segment count + reach sample + limits + safety)")

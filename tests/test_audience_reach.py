@@ -112,7 +112,7 @@ def test_subset_larger_than_audience_sends_to_all(audience: AudienceStore) -> No
                                             "subset": {"limit": 1000}})
     selection = select_audience(audience, campaign, make_state(campaign), NOW, seed=1)
     assert selection.qualified == selection.target == 50
-    assert selection.order == "id"
+    assert selection.order == "none"
     assert len(_members(selection)) == 50
 
 

@@ -87,8 +87,10 @@ def test_members_stream_in_bounded_batches(store: AudienceStore) -> None:  # noq
                                       batch_size=64))
     assert [len(b) for b in batches] == [64, 64, 64, 8]
     flat = [m.user_id for b in batches for m in b]
-    assert flat == sorted(flat) and len(set(flat)) == 200
-    assert batches[0][0].properties == {"n": 0}
+    assert set(flat) == {f"u{i:03d}" for i in range(200)} and len(flat) == 200
+    by_id = [m.user_id for b in store.iter_members(None, NOW, batch_size=100, order="id") for m in b]
+    assert by_id == sorted(by_id) and len(by_id) == 250
+    assert store.get_user("u000").properties == {"n": 0}  # type: ignore[union-attr]
 
 
 def test_count_events_and_events_for(store: AudienceStore) -> None:  # noqa: F811

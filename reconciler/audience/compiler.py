@@ -256,6 +256,12 @@ def _checked_path(name: str) -> str:
     return name
 
 
+def _could_be_container(text: str | None) -> bool:
+    """Could this text equal / prefix the JSON text of an array or object? Only then is the
+    (costly) scalar-type guard needed: JSON text of a container starts with '[' or '{'."""
+    return text is None or text == "" or text[0] in "[{"
+
+
 def _timestamp_value(value: Any, op: str) -> datetime:
     moment = as_timestamp(value)
     if moment is None:
@@ -303,8 +309,11 @@ class Compiler:
         if op == "contains":
             return self._contains(field, value)
         if op == "starts_with":
-            return wrap("({} AND starts_with({}, {}))", field.is_scalar(d), field.text(d),
-                        param(text_form(value)))
+            prefix = str(text_form(value))
+            compared = wrap("starts_with({}, {})", field.text(d), param(prefix))
+            if _could_be_container(prefix):
+                compared = wrap("({} AND {})", field.is_scalar(d), compared)
+            return compared
         raise PredicateError(f"unknown operator {op!r}")
 
     def _in(self, field: FieldRef, values: list[Any]) -> Fragment:
@@ -318,8 +327,10 @@ class Compiler:
         if numbers:
             parts.append(wrap("{} IN ({})", field.number(d), join(", ", map(param, numbers))))
         if texts:
-            parts.append(wrap("({} AND {} IN ({}))", field.is_scalar(d), field.text(d),
-                              join(", ", map(param, texts))))
+            compared = wrap("{} IN ({})", field.text(d), join(", ", map(param, texts)))
+            if any(_could_be_container(t) for t in texts):
+                compared = wrap("({} AND {})", field.is_scalar(d), compared)
+            parts.append(compared)
         return wrap("({})", join(" OR ", parts))
 
     def _ordered(self, field: FieldRef, op: str, value: Any) -> Fragment:
@@ -344,17 +355,18 @@ class Compiler:
                     field.is_kind(d, "string"), substring, field.is_kind(d, "array"), element)
 
     # -- rules --------------------------------------------------------------------------
-    def rule(self, rule: Rule, now: datetime) -> Fragment:
+    def rule(self, rule: Rule, now: datetime, joins: list[Fragment]) -> Fragment:
+        """A boolean SQL expression over `users u`; event predicates add LEFT JOINs to `joins`."""
         if isinstance(rule, AllRule):
-            return wrap("({})", join(" AND ", (self.rule(r, now) for r in rule.all)))
+            return wrap("({})", join(" AND ", [self.rule(r, now, joins) for r in rule.all]))
         if isinstance(rule, AnyRule):
-            return wrap("({})", join(" OR ", (self.rule(r, now) for r in rule.any)))
+            return wrap("({})", join(" OR ", [self.rule(r, now, joins) for r in rule.any]))
         if isinstance(rule, NotRule):
-            return wrap("(NOT {})", self.rule(rule.not_, now))
+            return wrap("(NOT {})", self.rule(rule.not_, now, joins))
         if isinstance(rule, PropertyRule):
             return self.predicate(rule.property, user_field(rule.property.name), now)
         if isinstance(rule, EventRule):
-            return self.event(rule.event, now)
+            return self.event(rule.event, now, joins)
         raise PredicateError(f"unknown rule {type(rule).__name__}")
 
     def event_filter(self, name: str, now: datetime, since: datetime | None,
@@ -366,28 +378,38 @@ class Compiler:
         parts.extend(self.predicate(p, event_field(p.name), now) for p in where)
         return join(" AND ", parts)
 
-    def event(self, pred: EventPredicate, now: datetime) -> Fragment:
+    def event(self, pred: EventPredicate, now: datetime, joins: list[Fragment]) -> Fragment:
+        """Users whose count of matching events is in [atLeast, atMost].
+
+        Compiled as a LEFT JOIN to the per-user counts (one row per user, so no duplicates) and an
+        IS [NOT] NULL test: it composes under and/or/not, and both engines run it as a hash join
+        that can spill — unlike NOT IN, which PostgreSQL can only hash when it fits in work_mem.
+        """
         since = now - pred.within if pred.within is not None else None
         matching = self.event_filter(pred.name, now, since, pred.where)
         low, high = pred.min_count, pred.atMost
         if low == 0 and high is None:
             return TRUE
+        alias = f"ev{len(joins)}"
         if low == 0:
             assert high is not None
-            return wrap("u.id NOT IN (SELECT e.user_id FROM events e WHERE {} GROUP BY e.user_id "
-                        "HAVING count(*) > {})", matching, param(high))
-        having = frag("count(*) >= ?", low)
-        if high is not None:
-            having = having + frag(" AND count(*) <= ?", high)
-        return wrap("u.id IN (SELECT e.user_id FROM events e WHERE {} GROUP BY e.user_id HAVING {})",
-                    matching, having)
+            having, test = frag("count(*) > ?", high), "IS NULL"  # users who did it too often
+        else:
+            having, test = frag("count(*) >= ?", low), "IS NOT NULL"
+            if high is not None:
+                having = having + frag(" AND count(*) <= ?", high)
+        joins.append(wrap(f"LEFT JOIN (SELECT e.user_id FROM events e WHERE {{}} GROUP BY e.user_id "
+                          f"HAVING {{}}) {alias} ON {alias}.user_id = u.id", matching, having))
+        return Fragment(f"({alias}.user_id {test})")
 
     # -- whole queries ------------------------------------------------------------------
-    def audience_where(self, rule: Rule | None, now: datetime) -> Fragment:
+    def audience_from(self, rule: Rule | None, now: datetime) -> Fragment:
+        """`FROM users u [LEFT JOIN …] WHERE <reachable> AND <rule>`; callers may append `AND …`."""
+        joins: list[Fragment] = []
         condition = Fragment(ELIGIBLE)
         if rule is not None:
-            condition = wrap("{} AND {}", condition, self.rule(rule, now))
-        return condition
+            condition = wrap("{} AND {}", condition, self.rule(rule, now, joins))
+        return wrap("FROM users u {} WHERE {}", join(" ", joins), condition)
 
     def reach_bucket(self, campaign: str) -> Fragment:
         hashed = self.d.hash32(frag("(? || ':' || u.id)", campaign))

@@ -181,7 +181,7 @@ def select_audience(store: AudienceStore, campaign: Campaign, state: DesiredStat
     limits += [AppliedLimit(name, limit, allowed, allowed == target and allowed < in_reach)
                for name, limit, allowed in caps]
 
-    order: Order = "id"
+    order: Order = "none"  # everyone in reach is sent to: no need to sort
     if target < in_reach:
         first = audience.subset is not None and (audience.subset.mode or ("first" if live else "random")) == "first"
         order = "created" if first else "random"

@@ -19,7 +19,7 @@ from ..models.segment import PropertyPredicate
 from .compiler import MEMBER_COLUMNS, Compiler, Dialect, Fragment, Rule, frag, param, wrap
 from .records import EventRecord, Member, UserRecord
 
-Order = Literal["id", "random", "created"]
+Order = Literal["none", "id", "random", "created"]  # none: engine order, no sort (least memory)
 DEFAULT_BATCH = 1000
 
 
@@ -40,7 +40,7 @@ class AudienceQuery:
     rules: Rule | None
     now: datetime
     sample: ReachSample | None = None
-    order: Order = "id"
+    order: Order = "none"
     seed: int | None = None
     limit: int | None = None
     user_id: str | None = None
@@ -125,8 +125,9 @@ class AudienceStore(ABC):
         return len(batch)
 
     # -- audience queries ---------------------------------------------------------------
-    def _where(self, query: AudienceQuery) -> Fragment:
-        condition = self.compiler.audience_where(query.rules, query.now)
+    def _from(self, query: AudienceQuery) -> Fragment:
+        """FROM … WHERE … for a query (reach sample and single-user filters included)."""
+        condition = self.compiler.audience_from(query.rules, query.now)
         if query.sample is not None and query.sample.percent < 100:
             from .semantics import reach_threshold
 
@@ -141,24 +142,26 @@ class AudienceStore(ABC):
         return self.count_query(AudienceQuery(rules, now))
 
     def count_query(self, query: AudienceQuery) -> int:
-        rows = self._fetchall(wrap("SELECT count(*) FROM users u WHERE {}", self._where(query)))
+        rows = self._fetchall(wrap("SELECT count(*) {}", self._from(query)))
         return int(rows[0][0])
 
     def reach_counts(self, rules: Rule | None, now: datetime, sample: ReachSample | None) -> tuple[int, int]:
         """(qualifying users, of those in the reach sample) in one pass."""
-        where = self._where(AudienceQuery(rules, now))
+        source = self._from(AudienceQuery(rules, now))
         if sample is None or sample.percent >= 100:
-            total = int(self._fetchall(wrap("SELECT count(*) FROM users u WHERE {}", where))[0][0])
+            total = int(self._fetchall(wrap("SELECT count(*) {}", source))[0][0])
             return total, total
         from .semantics import reach_threshold
 
         bucket = self.compiler.reach_bucket(sample.campaign)
-        query = wrap("SELECT count(*), count(*) FILTER (WHERE {} < {}) FROM users u WHERE {}",
-                     bucket, param(reach_threshold(sample.percent)), where)
+        query = wrap("SELECT count(*), count(*) FILTER (WHERE {} < {}) {}",
+                     bucket, param(reach_threshold(sample.percent)), source)
         total, sampled = self._fetchall(query)[0]
         return int(total), int(sampled or 0)
 
-    def _order(self, query: AudienceQuery) -> Fragment:
+    def _order(self, query: AudienceQuery) -> Fragment | None:
+        if query.order == "none":
+            return None
         by_id = self.dialect.byte_order(Fragment("u.id"))
         if query.order == "random":
             if query.seed is None:
@@ -169,16 +172,21 @@ class AudienceStore(ABC):
         return by_id
 
     def member_query(self, query: AudienceQuery) -> Fragment:
-        sql = wrap(f"SELECT {MEMBER_COLUMNS} FROM users u WHERE {{}} ORDER BY {{}}", self._where(query),
-                   self._order(query))
+        sql = wrap(f"SELECT {MEMBER_COLUMNS} {{}}", self._from(query))
+        order = self._order(query)
+        if order is not None:
+            sql = wrap("{} ORDER BY {}", sql, order)
         if query.limit is not None:
             sql = wrap("{} LIMIT {}", sql, param(max(0, query.limit)))
         return sql
 
-    def iter_members(self, rules: Rule | None, now: datetime, *, batch_size: int = DEFAULT_BATCH
-                     ) -> Iterator[list[Member]]:
-        """Stream qualifying users in batches (ordered by id); memory stays bounded by batch_size."""
-        return self.iter_query(AudienceQuery(rules, now), batch_size=batch_size)
+    def iter_members(self, rules: Rule | None, now: datetime, *, batch_size: int = DEFAULT_BATCH,
+                     order: Order = "none") -> Iterator[list[Member]]:
+        """Stream qualifying users in batches; memory stays bounded by batch_size.
+
+        The default order is the engine's (no sort, so a million members stream in little memory);
+        order="id" sorts by user id (byte order) at the cost of a sort in the engine."""
+        return self.iter_query(AudienceQuery(rules, now, order=order), batch_size=batch_size)
 
     def iter_query(self, query: AudienceQuery, *, batch_size: int = DEFAULT_BATCH) -> Iterator[list[Member]]:
         if query.limit is not None and query.limit <= 0:
