@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -279,3 +280,18 @@ def test_hostile_descriptions_and_commit_messages_are_escaped(client: httpx.Clie
     assert str(escape(HOSTILE_DESCRIPTION)) in pages["list"]  # shown, as text
     assert str(escape(HOSTILE_DESCRIPTION)) in pages["detail"]
     assert str(escape(HOSTILE_SUBJECT)) in pages["commit"]
+
+
+def test_the_daemon_serves_the_dashboard_behind_its_admin_token(tmp_path: Path) -> None:
+    from reconciler.daemon import Daemon, DaemonOptions
+    from reconciler.demo import demo_world
+
+    with demo_world(tmp_path / "daemon", population=10) as demo:
+        demo.step()  # apply the example commit
+        rt = demo.engine.rt
+        rt.config = replace(rt.config, admin_token=ADMIN_TOKEN)
+        with serve(Daemon(demo.engine, DaemonOptions()).app) as url, httpx.Client(base_url=url) as c:
+            assert c.get("/dashboard/").status_code == 303
+            page = c.get("/dashboard/", headers=BEARER).text
+            names = set(_rows(page))
+            assert names == set(demo.engine.state.campaigns) and names
