@@ -24,6 +24,7 @@ from .audience.reach import (
 from .audience.records import RecordError, parse_timestamp
 from .audience.semantics import PredicateError
 from .audience.store import AudienceStore, AudienceStoreError, open_audience_store
+from .cli_progress import Progress, count_lines, progress_bar, shows_progress
 from .clock import SystemClock
 from .config import RuntimeConfig
 from .diagnostics import render_diagnostics
@@ -73,14 +74,12 @@ def ingest() -> None:
     """Load users or events from a JSONL or CSV file into the audience store."""
 
 
-def _progress_printer(label: str) -> Any:
-    interactive = sys.stderr.isatty()
+def _progress_printer(label: str, bar: Progress) -> Any:
     state = {"next": PROGRESS_EVERY_ROWS}
 
     def show(report: IngestReport) -> None:
-        if interactive:
-            click.echo(f"\r{label}: {report.rows:,} rows, {report.accepted:,} stored, {report.rejected:,} rejected",
-                       err=True, nl=False)
+        if bar.enabled:
+            bar.set(report.rows, report)
         elif report.rows >= state["next"]:
             state["next"] = report.rows + PROGRESS_EVERY_ROWS
             click.echo(f"{label}: {report.rows:,} rows, {report.accepted:,} stored, {report.rejected:,} rejected",
@@ -91,14 +90,15 @@ def _progress_printer(label: str) -> Any:
 
 def _run_ingest(kind: str, file: Path, fmt: str | None, batch_size: int, store_url: str | None) -> None:
     now = SystemClock().now()
-    with _open_store(_store_url(store_url), must_exist=False) as store:
+    label = f"{kind} {file.name}"
+    rows = count_lines(file) if shows_progress() else 0  # a bar's length; only worth reading twice on a terminal
+    with _open_store(_store_url(store_url), must_exist=False) as store, \
+            progress_bar(rows, label, show=lambda r: f"{r.rejected:,} rejected" if r else None) as bar:
         try:
             report = ingest_file(store, file, kind, now=now, fmt=fmt, batch_size=batch_size,  # type: ignore[arg-type]
-                                 progress=_progress_printer(f"{kind} {file.name}"))
+                                 progress=_progress_printer(label, bar))
         except (OSError, RecordError) as exc:
             raise click.ClickException(str(exc)) from None
-    if sys.stderr.isatty():
-        click.echo("", err=True)
     for error in report.errors[:MAX_PRINTED_ERRORS]:
         click.echo(f"{file}:{error.line}: {error.message}", err=True)
     if report.rejected > min(len(report.errors), MAX_PRINTED_ERRORS):
@@ -240,8 +240,10 @@ def _verdict_text(verdict: SafetyVerdict) -> str:
 def _check(paths: list[str], snapshots: tuple[Path, ...], fmt: str, now: datetime, store_url: str | None) -> None:
     state = _load_state(paths)
     results: list[dict[str, Any]] = []
-    with _reach_store(snapshots, store_url, now) as store:
+    with _reach_store(snapshots, store_url, now) as store, \
+            progress_bar(len(state.campaigns), "reach --check", show=lambda name: name) as bar:
         for name in sorted(state.campaigns):
+            bar.advance(item=name)
             campaign = state.campaigns[name]
             if campaign.spec.paused:
                 results.append({"campaign": name, "status": "skipped", "reason": "paused"})

@@ -122,13 +122,24 @@ def _exists(url: str) -> bool:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def demo(workdir: Path, population: int, fmt: str) -> None:
     """Run Herald end to end on the embedded default with the mock provider and the example repo."""
-    from .demo import run_demo
+    from .cli_progress import progress_bar
+    from .demo import DEMO_END, DEMO_START, run_demo
 
     if workdir.exists():
         shutil.rmtree(workdir)
     _configure_logging(False)
     logging.getLogger().setLevel(logging.WARNING)
-    run_demo(workdir, population=population, fmt=fmt, echo=click.echo)
+    minutes = int((DEMO_END - DEMO_START).total_seconds() // 60)
+    with progress_bar(minutes, "simulated time", show=lambda at: f"{at:%Y-%m-%d %H:%M} UTC" if at else None) as bar:
+
+        def echo(line: str) -> None:
+            bar.pause()  # the story's lines start on a clean line; the bar reappears below them
+            click.echo(line)
+
+        def advanced(now: datetime) -> None:
+            bar.set(int((now - DEMO_START).total_seconds() // 60), now)
+
+        run_demo(workdir, population=population, fmt=fmt, echo=echo, progress=advanced)
 
 
 ENGINE_COMMANDS = (run, report, demo)

@@ -37,6 +37,7 @@ T = TypeVar("T")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_DIRS = ("providers", "campaigns")
 DEMO_START = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+DEMO_END = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)  # where run_demo's simulated clock stops
 DEMO_SECRETS = {
     "TWILIO_AUTH_TOKEN": "demo-twilio-auth-token-7f3a",
     "VONAGE_API_SECRET": "demo-vonage-secret-19c2",
@@ -115,6 +116,7 @@ class DemoWorld:
     mock_url: str
     workdir: Path
     loop: asyncio.AbstractEventLoop
+    on_advance: Callable[[datetime], None] | None = None  # told the simulated time after each step
 
     def run(self, coro_factory: Callable[[], Awaitable[T]]) -> T:
         """Run a coroutine on the world's one event loop (the router's HTTP client lives there)."""
@@ -128,6 +130,8 @@ class DemoWorld:
         while self.clock.now() < moment:
             self.clock.set(min(moment, self.clock.now() + every))
             self.step(sync=False)
+            if self.on_advance is not None:
+                self.on_advance(self.clock.now())
 
 
 @contextmanager
@@ -177,13 +181,16 @@ def _events(world: DemoWorld, raw: list[dict[str, Any]]) -> None:
 
 
 def run_demo(workdir: Path, *, population: int = 300, fmt: str = "table",
-             echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """The demo story; returns the figures it printed (tests assert on them)."""
+             echo: Callable[[str], None] = print,
+             progress: Callable[[datetime], None] | None = None) -> dict[str, Any]:
+    """The demo story; returns the figures it printed (tests assert on them). `progress` is told the
+    simulated time as it advances from DEMO_START to DEMO_END."""
     from .audit import render_table
     from .report import build_report, report_json, report_table, summary_dict
     from .store.base import AuditQuery
 
     with demo_world(workdir, population=population) as world:
+        world.on_advance = progress
         store = world.engine.rt.store
         echo(f"mock provider on {world.mock_url}; {population} users ingested; simulated clock at "
              f"{world.clock.now():%Y-%m-%d %H:%M} UTC")
@@ -211,7 +218,7 @@ def run_demo(workdir: Path, *, population: int = 300, fmt: str = "table",
                    "ts": ((row.sent_at or world.clock.now()) + timedelta(hours=3)).isoformat(), "amount": 60}
                   for row in sent[::4]]
         _events(world, buyers)
-        world.advance_to(datetime(2026, 12, 5, 12, 0, tzinfo=UTC), every=timedelta(hours=1))
+        world.advance_to(DEMO_END, every=timedelta(hours=1))
         receipts = world.run(lambda: post_delivery_receipts(world))
         echo(f"delivery receipts: {receipts} accepted through /receipts/{{provider}} (signed/tokened callbacks)")
 
