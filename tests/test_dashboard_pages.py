@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -30,6 +30,7 @@ from markupsafe import escape
 
 from reconciler.apply import desired_from_applied
 from reconciler.http.dashboard import SESSION_COOKIE, SessionKeys, format_time
+from reconciler.http.dashboard_views import DesiredCache, campaign_rows
 from reconciler.report import build_report
 from reconciler.scheduler import next_fire_times
 from reconciler.store.base import AuditQuery
@@ -295,3 +296,15 @@ def test_the_daemon_serves_the_dashboard_behind_its_admin_token(tmp_path: Path) 
             page = c.get("/dashboard/", headers=BEARER).text
             names = set(_rows(page))
             assert names == set(demo.engine.state.campaigns) and names
+
+
+def test_next_run_skips_runs_the_scheduler_already_created(world: DashboardWorld) -> None:
+    # Seen from before the flash sale (a daemon whose clock lags the one that ran it), the run that
+    # already happened is not "next".
+    early = datetime(2026, 12, 2, 0, 0, tzinfo=UTC)
+    rows = {r.name: r for r in campaign_rows(world.store, DesiredCache(), early)}
+    assert world.store.list_runs(campaign="flash-sale")[0].status == "done"
+    assert rows["flash-sale"].next_run is None and rows["flash-sale"].status == "completed"
+    last = world.store.last_run_time(EDITED)
+    upcoming = rows[EDITED].next_run
+    assert last is not None and upcoming is not None and upcoming.at > last

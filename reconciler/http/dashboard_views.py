@@ -131,10 +131,13 @@ def _duration(value: timedelta, *, signed: bool = False) -> str:
     return f"{sign}{seconds}s"
 
 
-def next_run(campaign: Campaign, obj: AppliedObject, state: DesiredState, now: datetime) -> NextRun | None:
+def next_run(campaign: Campaign, obj: AppliedObject, state: DesiredState, now: datetime,
+             last_run: datetime | None = None) -> NextRun | None:
+    """The first run after both `now` and the last run the scheduler created (stored by opening time)."""
     if campaign.spec.type != "past_behavior" or obj.paused:
         return None
-    runs = runs_between(campaign, state.settings, created_at=obj.created_at, after=now, limit=1, by="opens_at")
+    after = max(now, last_run) if last_run else now
+    runs = runs_between(campaign, state.settings, created_at=obj.created_at, after=after, limit=1, by="opens_at")
     if not runs:
         return None
     return NextRun(at=runs[0].opens_at, local=runs[0].local, user_zones=uses_user_timezone(campaign))
@@ -178,7 +181,7 @@ def campaign_rows(store: StateStore, cache: DesiredCache, now: datetime) -> list
     rows: list[CampaignRow] = []
     for obj in applied.of_kind("Campaign"):
         campaign = state.campaigns[obj.name]
-        upcoming = next_run(campaign, obj, state, now)
+        upcoming = next_run(campaign, obj, state, now, store.last_run_time(obj.name))
         rows.append(CampaignRow(
             name=obj.name, status=campaign_status(campaign, obj, state, now, upcoming, unfinished[obj.name]),
             type=campaign.spec.type, description=campaign.metadata.description, owner=campaign.spec.owner,
