@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from markupsafe import escape
 
 from reconciler.apply import desired_from_applied
 from reconciler.http.dashboard import SESSION_COOKIE, SessionKeys, format_time
-from reconciler.http.dashboard_views import DesiredCache, campaign_rows
+from reconciler.http.dashboard_views import DesiredCache, campaign_detail, campaign_rows
 from reconciler.report import build_report
 from reconciler.scheduler import next_fire_times
 from reconciler.store.base import AuditQuery
@@ -308,3 +308,17 @@ def test_next_run_skips_runs_the_scheduler_already_created(world: DashboardWorld
     last = world.store.last_run_time(EDITED)
     upcoming = rows[EDITED].next_run
     assert last is not None and upcoming is not None and upcoming.at > last
+
+
+@pytest.mark.parametrize("name", ["flash-sale", EDITED, "welcome", DELETED])
+def test_the_dashboard_report_equals_herald_report(world: DashboardWorld, name: str) -> None:
+    state = desired_from_applied(world.store.applied_state())
+    now = world.clock.now()
+    expected = build_report(world.store, world.audience, state, campaign=name, now=now)[0]
+    detail = campaign_detail(world.store, world.audience, DesiredCache(), name, now)
+    assert detail is not None
+    assert asdict(detail.report.tally) == asdict(expected.tally)
+    assert [asdict(r) for r in detail.report.by_run] == [asdict(r) for r in expected.by_run]
+    assert {k: asdict(v) for k, v in detail.report.by_provider.items()} == \
+        {k: asdict(v) for k, v in expected.by_provider.items()}
+    assert sum(t.converted for t in detail.by_provider.values()) == expected.tally.converted

@@ -21,7 +21,7 @@ from ..audit import KNOWN_ACTIONS
 from ..loading import DesiredState
 from ..models import Campaign
 from ..models.campaign import Schedule, Trigger
-from ..report import SENT_SCAN_LIMIT, CampaignReport, Tally, _count_conversions, build_report
+from ..report import SENT_SCAN_LIMIT, CampaignReport, RunReport, Tally, _add_costs, _count_conversions
 from ..scheduler import campaign_window, runs_between, uses_user_timezone
 from ..secrets import redact
 from ..store.base import (
@@ -340,19 +340,46 @@ def timeline_and_providers(rows: Sequence[OutboxRow], audience: AudienceStore | 
     return timeline, dict(providers)
 
 
+def campaign_row(store: StateStore, cache: DesiredCache, name: str, now: datetime) -> CampaignRow | None:
+    return next((r for r in campaign_rows(store, cache, now) if r.name == name), None)
+
+
+def delivery_report(store: StateStore, name: str) -> CampaignReport:
+    """herald report's counts for one campaign from grouped counts alone (no message scan; costs and
+    conversions are added by the caller's single scan)."""
+    counts = store.delivery_counts(campaign=name)
+    total = Tally()
+    by_run: dict[int, Tally] = defaultdict(Tally)
+    by_provider: dict[str, Tally] = defaultdict(Tally)
+    for count in counts:
+        total.add(count)
+        if count.run_id is not None:
+            by_run[count.run_id].add(count)
+        if count.provider:
+            by_provider[count.provider].add(count)
+    runs = store.list_runs(campaign=name, limit=10_000)
+    for run in runs:
+        by_run[run.id].targeted = run.targeted
+    live = sum(c.count for c in counts if c.run_id is None)  # live messages have no run
+    total.targeted = sum(r.targeted for r in runs) + live
+    run_reports = [RunReport(r.id, r.scheduled_for.isoformat(), r.status, r.reason, by_run[r.id]) for r in runs]
+    return CampaignReport(name, len(runs), total, run_reports, by_provider)
+
+
 def campaign_detail(store: StateStore, audience: AudienceStore | None, cache: DesiredCache, name: str,
                     now: datetime) -> CampaignDetail | None:
-    rows = {r.name: r for r in campaign_rows(store, cache, now)}
-    row = rows.get(name)
+    row = campaign_row(store, cache, name, now)
     if row is None:
         return None
     state = cache.get(store.applied_state())
     campaign = state.campaigns.get(name)
-    # Conversions are counted below, once per message, for the charts and the runs together.
-    report = build_report(store, None, state, campaign=name, now=now)[0]
+    report = delivery_report(store, name)
     run_tallies = {r.run_id: r.tally for r in report.by_run}
     outbox = store.list_outbox(campaign=name, statuses=("sent", "failed"), limit=SENT_SCAN_LIMIT)
     timeline, by_provider = timeline_and_providers(outbox, audience, campaign, now, run_tallies)
+    _add_costs([r for r in outbox if r.status == "sent"], state.providers, report.tally, report.by_provider)
+    for provider, tally in by_provider.items():
+        tally.cost = report.by_provider.get(provider, Tally()).cost
     report.tally.converted = sum(b.tally.converted for b in timeline.buckets)
     runs = store.list_runs(campaign=name, limit=RUN_HISTORY_LIMIT)
     recent = store.query_audit(AuditQuery(campaign=name, newest_first=True, limit=20))
