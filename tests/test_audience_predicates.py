@@ -201,6 +201,8 @@ def test_event_predicate(with_events: AudienceStore, predicate: dict[str, Any], 
     compiled = rule({"event": predicate})
     assert ids(with_events, compiled) == expected
     assert with_events.count(compiled, NOW) == len(expected)
+    # the per-user form (live triggers) agrees with the set form
+    assert {uid for uid in ALL | {"optout"} if with_events.user_qualifies(compiled, uid, NOW)} == expected
 
 
 def test_relative_windows_follow_the_now_passed_in(with_events: AudienceStore) -> None:
@@ -227,6 +229,7 @@ COMBINATIONS: list[tuple[dict[str, Any], set[str]]] = [
 @pytest.mark.parametrize(("rules", "expected"), COMBINATIONS, ids=[str(i) for i in range(len(COMBINATIONS))])
 def test_combinations(with_events: AudienceStore, rules: dict[str, Any], expected: set[str]) -> None:
     assert ids(with_events, rule(rules)) == expected
+    assert {uid for uid in ALL if with_events.user_qualifies(rule(rules), uid, NOW)} == expected
 
 
 def test_rules_compile_to_bound_parameters(duck: AudienceStore) -> None:  # noqa: F811

@@ -355,17 +355,20 @@ class Compiler:
                     field.is_kind(d, "string"), substring, field.is_kind(d, "array"), element)
 
     # -- rules --------------------------------------------------------------------------
-    def rule(self, rule: Rule, now: datetime, joins: list[Fragment]) -> Fragment:
-        """A boolean SQL expression over `users u`; event predicates add LEFT JOINs to `joins`."""
+    def rule(self, rule: Rule, now: datetime, joins: list[Fragment], user_id: str | None = None) -> Fragment:
+        """A boolean SQL expression over `users u`; event predicates add LEFT JOINs to `joins`
+        (or, for a query about one known user, count that user's events directly)."""
         if isinstance(rule, AllRule):
-            return wrap("({})", join(" AND ", [self.rule(r, now, joins) for r in rule.all]))
+            return wrap("({})", join(" AND ", [self.rule(r, now, joins, user_id) for r in rule.all]))
         if isinstance(rule, AnyRule):
-            return wrap("({})", join(" OR ", [self.rule(r, now, joins) for r in rule.any]))
+            return wrap("({})", join(" OR ", [self.rule(r, now, joins, user_id) for r in rule.any]))
         if isinstance(rule, NotRule):
-            return wrap("(NOT {})", self.rule(rule.not_, now, joins))
+            return wrap("(NOT {})", self.rule(rule.not_, now, joins, user_id))
         if isinstance(rule, PropertyRule):
             return self.predicate(rule.property, user_field(rule.property.name), now)
         if isinstance(rule, EventRule):
+            if user_id is not None:
+                return self.user_event(rule.event, now, user_id)
             return self.event(rule.event, now, joins)
         raise PredicateError(f"unknown rule {type(rule).__name__}")
 
@@ -402,13 +405,27 @@ class Compiler:
                           f"HAVING {{}}) {alias} ON {alias}.user_id = u.id", matching, having))
         return Fragment(f"({alias}.user_id {test})")
 
+    def user_event(self, pred: EventPredicate, now: datetime, user_id: str) -> Fragment:
+        """The same test for one known user: count its events (an index lookup on PostgreSQL)."""
+        since = now - pred.within if pred.within is not None else None
+        matching = self.event_filter(pred.name, now, since, pred.where)
+        low, high = pred.min_count, pred.atMost
+        count = wrap("(SELECT count(*) FROM events e WHERE e.user_id = {} AND {})", param(user_id), matching)
+        if high is None:
+            return wrap("({} >= {})", count, param(low))
+        return wrap("({} BETWEEN {} AND {})", count, param(low), param(high))
+
     # -- whole queries ------------------------------------------------------------------
-    def audience_from(self, rule: Rule | None, now: datetime) -> Fragment:
-        """`FROM users u [LEFT JOIN …] WHERE <reachable> AND <rule>`; callers may append `AND …`."""
+    def audience_from(self, rule: Rule | None, now: datetime, user_id: str | None = None) -> Fragment:
+        """`FROM users u [LEFT JOIN …] WHERE <reachable> AND <rule>`; callers may append `AND …`.
+
+        With `user_id`, the query is about that one user (live triggers)."""
         joins: list[Fragment] = []
         condition = Fragment(ELIGIBLE)
+        if user_id is not None:
+            condition = wrap("{} AND u.id = {}", condition, param(user_id))
         if rule is not None:
-            condition = wrap("{} AND {}", condition, self.rule(rule, now, joins))
+            condition = wrap("{} AND {}", condition, self.rule(rule, now, joins, user_id))
         return wrap("FROM users u {} WHERE {}", join(" ", joins), condition)
 
     def reach_bucket(self, campaign: str) -> Fragment:

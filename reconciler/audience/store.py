@@ -127,14 +127,12 @@ class AudienceStore(ABC):
     # -- audience queries ---------------------------------------------------------------
     def _from(self, query: AudienceQuery) -> Fragment:
         """FROM … WHERE … for a query (reach sample and single-user filters included)."""
-        condition = self.compiler.audience_from(query.rules, query.now)
+        condition = self.compiler.audience_from(query.rules, query.now, query.user_id)
         if query.sample is not None and query.sample.percent < 100:
             from .semantics import reach_threshold
 
             condition = wrap("{} AND {} < {}", condition, self.compiler.reach_bucket(query.sample.campaign),
                              param(reach_threshold(query.sample.percent)))
-        if query.user_id is not None:
-            condition = wrap("{} AND u.id = {}", condition, param(query.user_id))
         return condition
 
     def count(self, rules: Rule | None, now: datetime) -> int:
