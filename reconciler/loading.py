@@ -2,12 +2,19 @@
 
 Files arrive as bytes (from a directory or a git tree). Hostile input is bounded: file size,
 node count (alias bombs expand here and are stopped), and nesting depth.
+
+Parsing has two paths that give the same trees. The fast one composes nodes with ruamel.yaml's C
+parser (ruamel.yaml.clib, libyaml), whose nodes carry start marks, and builds the round-trip tree
+(CommentedMap/CommentedSeq with .lc line/column) with ruamel's own round-trip constructor. Any file
+it cannot take (C parser not installed, a %YAML directive, or any error at all) goes through the
+pure-Python round-trip parser, so errors and their texts are exactly those of the pure parser.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +23,17 @@ from typing import Any
 from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.compat import _DEFAULT_YAML_VERSION
 from ruamel.yaml.constructor import RoundTripConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
+from ruamel.yaml.resolver import VersionedResolver, implicit_resolvers
+from ruamel.yaml.tag import Tag
+
+try:  # ruamel.yaml.clib: libyaml's reader, scanner and parser
+    from ruamel.yaml.cyaml import CParser
+except ImportError:  # pragma: no cover - without the C extension every file takes the pure path
+    CParser = None
 
 from .diagnostics import Diagnostic
 from .models import API_VERSION, KINDS, Campaign, Document, Provider, ProviderGroup, Segment, Settings
@@ -48,6 +64,101 @@ def _new_yaml() -> YAML:
     yaml.Constructor = _StringTimestampConstructor
     yaml.allow_duplicate_keys = False
     return yaml
+
+
+# ---------------------------------------------------------------- fast path (C parser)
+
+# Inputs where libyaml is more lenient than ruamel's scanner (found by the parity fuzz tests in
+# tests/test_loading_fastpath.py); they take the pure path so the pure parser decides.
+_PURE_ONLY = re.compile(r"^%YAML|\t|[|>][-+0-9]*#", re.MULTILINE)
+
+
+def _resolver_table(version: tuple[int, int]) -> dict[Any, list[tuple[str, Any]]]:
+    """The implicit-tag rules of one YAML version, grouped by first character (as VersionedResolver)."""
+    table: dict[Any, list[tuple[str, Any]]] = {}
+    for versions, tag, regexp, first in implicit_resolvers:
+        if version in versions:
+            keys: list[str | None] = list(first) if first else [None]
+            for ch in keys:
+                table.setdefault(ch, []).append((tag, regexp))
+    return table
+
+
+class _FastResolver(VersionedResolver):
+    """VersionedResolver at the default YAML version (1.2) with the rule table built once.
+
+    Only used for documents without a %YAML directive, which is exactly when the pure path
+    resolves at the default version too. Same rules, same order, same tags.
+    """
+
+    _TABLE = _resolver_table(_DEFAULT_YAML_VERSION)
+
+    @property
+    def processing_version(self) -> Any:
+        return _DEFAULT_YAML_VERSION
+
+    @property
+    def versioned_resolver(self) -> Any:
+        return self._TABLE
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        if kind is ScalarNode and implicit[0]:
+            for tag, regexp in (*self._TABLE.get(value[0] if value else "", ()), *self._TABLE.get(None, ())):
+                if regexp.match(value):
+                    return Tag(suffix=tag)
+        if kind is ScalarNode:
+            return self.DEFAULT_SCALAR_TAG
+        if kind is SequenceNode:
+            return self.DEFAULT_SEQUENCE_TAG
+        if kind is MappingNode:
+            return self.DEFAULT_MAPPING_TAG
+        return None
+
+
+class _PureParserNeeded(Exception):
+    pass
+
+
+class _FastConstructor(_StringTimestampConstructor):
+    comment_handling = None  # the C parser keeps no comments; positions do not need them
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        # libyaml marks an empty plain scalar (`key:` with nothing, `- ` alone) where the next token
+        # starts, the pure parser where the empty value is: such files take the pure path.
+        if node.__class__ is ScalarNode and not node.value and not node.style:
+            raise _PureParserNeeded
+        return super().construct_object(node, deep)
+
+
+if CParser is not None:
+
+    class _FastLoader(CParser, _FastConstructor, _FastResolver):
+        def __init__(self, stream: str) -> None:
+            CParser.__init__(self, stream)
+            self._parser = self._composer = self
+            _FastConstructor.__init__(self, loader=self)
+            self.allow_duplicate_keys = False
+            _FastResolver.__init__(self, loadumper=self)
+
+
+def _parse_fast(text: str) -> list[Any] | None:
+    """All documents of `text` through the C parser, or None: the caller then takes the pure path.
+
+    Also pure: a %YAML directive (the pure parser switches rule sets) and any tab character
+    (libyaml accepts tabs in places where ruamel's scanner reports an error).
+    """
+    if CParser is None or _PURE_ONLY.search(text):
+        return None
+    loader = _FastLoader(text)
+    try:
+        trees = []
+        while loader.check_data():
+            trees.append(loader.get_data())
+        return trees
+    except Exception:  # any problem is reported by the pure parser, with its exact text
+        return None
+    finally:
+        loader.dispose()
 
 
 class _TooLarge(Exception):
@@ -161,12 +272,19 @@ class DesiredState:
         )
     )
     documents: list[LoadedDocument] = field(default_factory=list)
+    _found: tuple[int, int, dict[tuple[str, str], LoadedDocument]] | None = field(
+        default=None, init=False, repr=False, compare=False)
 
     def find(self, kind: str, name: str) -> LoadedDocument | None:
-        for doc in self.documents:
-            if doc.kind == kind and doc.name == name:
-                return doc
-        return None
+        """The first document of that kind and name (indexed once per documents list: validation
+        looks up every campaign, and a linear scan made that quadratic)."""
+        docs = self.documents
+        if self._found is None or self._found[0] != id(docs) or self._found[1] != len(docs):
+            index: dict[tuple[str, str], LoadedDocument] = {}
+            for doc in docs:
+                index.setdefault((doc.kind, doc.name), doc)
+            self._found = (id(docs), len(docs), index)
+        return self._found[2].get((kind, name))
 
     def default_group(self) -> ProviderGroup | None:
         return next((g for g in self.groups.values() if g.spec.default), None)
@@ -254,7 +372,9 @@ def _load_file(source: SourceFile) -> Iterator[tuple[LoadedDocument | None, list
         yield fail(f"file is not valid UTF-8 (byte {exc.start}: {exc.reason})")
         return
     try:
-        trees = list(_new_yaml().load_all(text))
+        trees = _parse_fast(text)
+        if trees is None:
+            trees = list(_new_yaml().load_all(text))
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
