@@ -49,9 +49,20 @@ DEFAULT_PG_TABLE = "herald_rate_buckets"
 _EPSILON = 1e-9  # waits shorter than this are rounding noise
 
 
+class RateLimitTimeout(Exception):
+    """The tokens would come later than `max_wait` allows; nothing was taken from the bucket."""
+
+    def __init__(self, key: str, wait: float) -> None:
+        super().__init__(f"{key}: tokens in {wait:.3f} s, later than allowed")
+        self.key = key
+        self.wait = wait
+
+
 class RateLimiter(Protocol):
-    async def acquire(self, key: str, rate: float, burst: int, tokens: int = 1) -> float:
-        """Wait until `tokens` may be spent from bucket `key`; returns the seconds waited."""
+    async def acquire(self, key: str, rate: float, burst: int, tokens: int = 1, *,
+                      max_wait: float | None = None) -> float:
+        """Wait until `tokens` may be spent from bucket `key`; returns the seconds waited. With
+        `max_wait`, a longer wait takes nothing and raises RateLimitTimeout instead of waiting."""
         ...
 
     async def aclose(self) -> None: ...
@@ -62,10 +73,11 @@ class Reservation:
     level: float  # bucket level after taking (negative: reserved ahead)
     at: float  # bucket time the level refers to
     wait: float  # seconds until the reserved tokens are there
+    taken: bool = True  # False: the wait exceeded max_wait and the level is only refilled
 
 
 def reserve(level: float | None, at: float | None, now: float, rate: float, burst: int,
-            tokens: int) -> Reservation:
+            tokens: int, max_wait: float = math.inf) -> Reservation:
     """The bucket rule (module docstring). `level is None`: a new bucket, which starts full."""
     if level is None or at is None:
         level, at = float(burst), now
@@ -73,6 +85,8 @@ def reserve(level: float | None, at: float | None, now: float, rate: float, burs
         level, at = min(float(burst), level + (now - at) * rate), now
     need = min(tokens, burst)
     wait = max(0.0, need - level) / rate
+    if wait > max_wait:
+        return Reservation(level, at, wait, taken=False)
     return Reservation(level - tokens, at, wait)
 
 
@@ -95,11 +109,15 @@ class _ReservingLimiter:
         self.sleep: SleepFn = sleep or asyncio.sleep
         self.metrics = metrics
 
-    async def acquire(self, key: str, rate: float, burst: int, tokens: int = 1) -> float:
+    async def acquire(self, key: str, rate: float, burst: int, tokens: int = 1, *,
+                      max_wait: float | None = None) -> float:
         _check(rate, burst)
         if tokens <= 0:
             return 0.0
-        wait = await self._reserve(key, rate, burst, tokens)
+        limit = math.inf if max_wait is None else max(0.0, max_wait)
+        wait, taken = await self._reserve(key, rate, burst, tokens, limit)
+        if not taken:
+            raise RateLimitTimeout(key, wait)
         if wait <= _EPSILON:
             return 0.0
         if self.metrics is not None:
@@ -107,7 +125,9 @@ class _ReservingLimiter:
         await self.sleep(wait)
         return wait
 
-    async def _reserve(self, key: str, rate: float, burst: int, tokens: int) -> float:
+    async def _reserve(self, key: str, rate: float, burst: int, tokens: int,
+                       max_wait: float) -> tuple[float, bool]:
+        """(wait, taken) for one atomic reservation in the backend."""
         raise NotImplementedError
 
     async def aclose(self) -> None:
@@ -124,16 +144,18 @@ class InProcessRateLimiter(_ReservingLimiter):
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
-    async def _reserve(self, key: str, rate: float, burst: int, tokens: int) -> float:
+    async def _reserve(self, key: str, rate: float, burst: int, tokens: int,
+                       max_wait: float) -> tuple[float, bool]:
         with self._lock:
             level, at = self._buckets.get(key, (None, None))
-            granted = reserve(level, at, self.now(), rate, burst, tokens)
+            granted = reserve(level, at, self.now(), rate, burst, tokens, max_wait)
             self._buckets[key] = (granted.level, granted.at)
-        return granted.wait
+        return granted.wait, granted.taken
 
 
-# KEYS[1] bucket; ARGV rate, burst, tokens, now (negative: use the server's TIME). Floats go back
-# as strings: Redis would truncate a Lua number reply to an integer.
+# KEYS[1] bucket; ARGV rate, burst, tokens, now (negative: use the server's TIME), max_wait
+# (negative: no limit). Replies {wait, taken}; floats go back as strings (Redis would truncate a
+# Lua number reply to an integer).
 _LUA_RESERVE = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
@@ -156,11 +178,15 @@ else
   level = burst
   at = now
 end
+local max_wait = tonumber(ARGV[5])
 local wait = math.max(0, math.min(tokens, burst) - level) / rate
-level = level - tokens
+local taken = max_wait < 0 or wait <= max_wait
+if taken then
+  level = level - tokens
+end
 redis.call('HSET', KEYS[1], 'level', string.format('%.17g', level), 'at', string.format('%.17g', at))
 redis.call('PEXPIRE', KEYS[1], math.ceil((burst - level) / rate * 1000) + 1000)
-return string.format('%.17g', wait)
+return {string.format('%.17g', wait), taken and '1' or '0'}
 """
 
 
@@ -184,11 +210,14 @@ class RedisRateLimiter(_ReservingLimiter):
             self._script = self._client.register_script(_LUA_RESERVE)
         return self._script
 
-    async def _reserve(self, key: str, rate: float, burst: int, tokens: int) -> float:
+    async def _reserve(self, key: str, rate: float, burst: int, tokens: int,
+                       max_wait: float) -> tuple[float, bool]:
         script = self._ensure()
         now = -1.0 if self.now is None else self.now()
-        answer = await script(keys=[self.prefix + key], args=[repr(float(rate)), burst, tokens, repr(now)])
-        return float(answer)
+        limit = -1.0 if math.isinf(max_wait) else max_wait
+        wait, taken = await script(keys=[self.prefix + key],
+                                   args=[repr(float(rate)), burst, tokens, repr(now), repr(limit)])
+        return float(wait), taken in (b"1", "1")
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -210,14 +239,20 @@ class PostgresRateLimiter(_ReservingLimiter):
         self.max_connections = max_connections
         self._pool: Any = None
         self._opening = asyncio.Lock()
+        # In ON CONFLICT ... SET every expression sees the old row, so the refilled level and the wait
+        # are spelled out where they are needed; last_wait tells the caller what was decided.
+        refilled = "LEAST(%(burst)s, b.level + %(rate)s * GREATEST(0, EXCLUDED.at - b.at))"
+        wait = f"GREATEST(0, LEAST(%(tokens)s, %(burst)s) - {refilled}) / %(rate)s"
         self._sql = (
-            f"INSERT INTO {table} AS b (key, level, at)"
+            f"INSERT INTO {table} AS b (key, level, at, last_wait)"
             " VALUES (%(key)s, %(burst)s - %(tokens)s,"
-            "         COALESCE(%(now)s::double precision, extract(epoch FROM clock_timestamp())::double precision))"
+            "         COALESCE(%(now)s::double precision, extract(epoch FROM clock_timestamp())::double precision),"
+            "         0)"
             " ON CONFLICT (key) DO UPDATE SET"
-            "   level = LEAST(%(burst)s, b.level + %(rate)s * GREATEST(0, EXCLUDED.at - b.at)) - %(tokens)s,"
-            "   at = GREATEST(b.at, EXCLUDED.at)"
-            " RETURNING level"
+            f"   level = {refilled} - CASE WHEN {wait} <= %(max_wait)s THEN %(tokens)s ELSE 0 END,"
+            "   at = GREATEST(b.at, EXCLUDED.at),"
+            f"   last_wait = {wait}"
+            " RETURNING last_wait"
         )
 
     async def _ensure(self) -> Any:
@@ -241,21 +276,23 @@ class PostgresRateLimiter(_ReservingLimiter):
         # UNLOGGED and no synchronous commit: a bucket is worth milliseconds; after a database crash
         # (or a failover to a standby) buckets simply start full again. About 4x the acquires per second.
         ddl = (f"CREATE UNLOGGED TABLE IF NOT EXISTS {self.table} (key text PRIMARY KEY,"
-               " level double precision NOT NULL, at double precision NOT NULL)")
+               " level double precision NOT NULL, at double precision NOT NULL,"
+               " last_wait double precision NOT NULL DEFAULT 0)")
         # IF NOT EXISTS is not race-free (daemons starting together fail on pg_type): serialize it
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"herald:{self.table}",))
             await conn.execute(ddl)
 
-    async def _reserve(self, key: str, rate: float, burst: int, tokens: int) -> float:
+    async def _reserve(self, key: str, rate: float, burst: int, tokens: int,
+                       max_wait: float) -> tuple[float, bool]:
         pool = self._pool or await self._ensure()
         now = None if self.now is None else self.now()
         async with pool.connection() as conn:
             cursor = await conn.execute(self._sql, {"key": key, "rate": float(rate), "burst": float(burst),
-                                                    "tokens": float(tokens), "now": now})
+                                                    "tokens": float(tokens), "now": now, "max_wait": max_wait})
             row = await cursor.fetchone()
-        level_before_take = float(row[0]) + tokens
-        return max(0.0, min(tokens, burst) - level_before_take) / rate
+        wait = float(row[0])
+        return wait, wait <= max_wait
 
     async def aclose(self) -> None:
         if self._pool is not None:
@@ -313,21 +350,41 @@ class SendRateGuard:
     campaigns in it (message metadata "campaign") and then of the provider. The provider's tokens are
     taken last so the request goes out as soon as they are granted (a later send than granted could
     bunch up with the next grants). Reads the limits from `state` at call time, so a daemon that
-    updates its DesiredState in place applies new limits without a restart."""
+    updates its DesiredState in place applies new limits without a restart.
+
+    With a `deadline` (event-loop time by which the request must have ended, like GroupRouter's send
+    deadline) a token that would come too late is not taken and the call returns False at once: the
+    caller should not send now. Without that, a worker holding more messages than the rate allows
+    before its lease ends would sleep past the lease and keep the bucket reserved for messages it
+    then does not send."""
 
     def __init__(self, limiter: RateLimiter, state: DesiredState) -> None:
         self.limiter = limiter
         self.state = state
 
-    async def __call__(self, provider_name: str, messages: Sequence[OutboundMessage]) -> float:
-        waited = 0.0
-        for name in sorted({m.metadata.get("campaign", "") for m in messages} - {""}):
-            limit = campaign_limit(self.state.campaigns.get(name))
+    async def __call__(self, provider_name: str, messages: Sequence[OutboundMessage],
+                       deadline: float | None = None) -> bool:
+        """True when the request may go out now; False (provider tokens untouched) when not before
+        the deadline."""
+        provider = self.state.providers.get(provider_name)
+        request_time = provider.spec.timeoutSeconds if provider is not None else 0.0
+        try:
+            for name in sorted({m.metadata.get("campaign", "") for m in messages} - {""}):
+                limit = campaign_limit(self.state.campaigns.get(name))
+                if limit is not None:
+                    mine = [m for m in messages if m.metadata.get("campaign") == name]
+                    await self.limiter.acquire(limit.key, limit.rate, limit.burst, limit.tokens_for(mine),
+                                               max_wait=_time_left(deadline, request_time))
+            limit = provider_limit(provider)
             if limit is not None:
-                mine = [m for m in messages if m.metadata.get("campaign") == name]
-                waited += await self.limiter.acquire(limit.key, limit.rate, limit.burst, limit.tokens_for(mine))
-        provider = provider_limit(self.state.providers.get(provider_name))
-        if provider is not None:
-            waited += await self.limiter.acquire(provider.key, provider.rate, provider.burst,
-                                                 provider.tokens_for(messages))
-        return waited
+                await self.limiter.acquire(limit.key, limit.rate, limit.burst, limit.tokens_for(messages),
+                                           max_wait=_time_left(deadline, request_time))
+        except RateLimitTimeout:
+            return False
+        return True
+
+
+def _time_left(deadline: float | None, request_time: float) -> float | None:
+    if deadline is None:
+        return None
+    return max(0.0, deadline - asyncio.get_running_loop().time() - request_time)

@@ -6,6 +6,7 @@ except the checks that Redis and PostgreSQL use their own server clock when no `
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -18,6 +19,7 @@ from reconciler.ratelimit import (
     InProcessRateLimiter,
     PostgresRateLimiter,
     RateLimiter,
+    RateLimitTimeout,
     RedisRateLimiter,
     default_burst,
     make_rate_limiter,
@@ -62,6 +64,15 @@ def test_request_larger_than_the_bucket_waits_for_a_full_bucket_then_leaves_debt
     assert big.wait == pytest.approx(2.0)  # until full (2 tokens), not until 5 tokens exist
     after = reserve(big.level, big.at, now=0.0, rate=1.0, burst=2, tokens=1)
     assert after.wait == pytest.approx(6.0)  # the debt of the batch (3) plus its own token
+
+
+def test_a_wait_longer_than_max_wait_takes_nothing() -> None:
+    empty = reserve(None, None, now=0.0, rate=2.0, burst=1, tokens=1)
+    refused = reserve(empty.level, empty.at, now=0.1, rate=2.0, burst=1, tokens=1, max_wait=0.3)
+    assert (refused.taken, refused.wait) == (False, pytest.approx(0.4))
+    assert refused.level == pytest.approx(0.2)  # refilled to now, nothing subtracted
+    taken = reserve(refused.level, refused.at, now=0.1, rate=2.0, burst=1, tokens=1, max_wait=0.4)
+    assert taken.taken and taken.level == pytest.approx(-0.8)
 
 
 def test_clock_going_backwards_never_adds_tokens() -> None:
@@ -174,8 +185,9 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[LimiterFactor
         await limiter.aclose()
 
 
-SCRIPT = [  # (seconds since the previous request, tokens)
-    (0.0, 1), (0.0, 1), (0.0, 1), (0.05, 2), (0.5, 1), (2.0, 1), (0.0, 3), (0.0, 9), (0.1, 1), (10.0, 2),
+SCRIPT = [  # (seconds since the previous request, tokens, max_wait)
+    (0.0, 1, None), (0.0, 1, None), (0.0, 1, None), (0.05, 2, None), (0.5, 1, 0.1), (0.5, 1, 0.1),
+    (2.0, 1, None), (0.0, 3, None), (0.0, 9, 1.0), (0.0, 9, None), (0.1, 1, 0.0), (10.0, 2, 0.0),
 ]
 
 
@@ -185,11 +197,23 @@ async def test_every_backend_answers_the_same_waits(backend: LimiterFactory) -> 
     limiter = backend(fake)
     expected_level: float | None = None
     expected_at: float | None = None
-    for gap, tokens in SCRIPT:
+    outcomes = []
+    for gap, tokens, max_wait in SCRIPT:
         fake.t += gap
-        expected = reserve(expected_level, expected_at, fake.t, 4.0, 3, tokens)
+        expected = reserve(expected_level, expected_at, fake.t, 4.0, 3, tokens,
+                           math.inf if max_wait is None else max_wait)
         expected_level, expected_at = expected.level, expected.at
-        assert await limiter.acquire("provider:p", 4.0, 3, tokens) == pytest.approx(expected.wait, abs=1e-6)
+        try:
+            waited = await limiter.acquire("provider:p", 4.0, 3, tokens, max_wait=max_wait)
+        except RateLimitTimeout as exc:
+            assert not expected.taken
+            assert exc.wait == pytest.approx(expected.wait, abs=1e-6)
+            outcomes.append("refused")
+        else:
+            assert expected.taken
+            assert waited == pytest.approx(expected.wait, abs=1e-6)
+            outcomes.append("taken")
+    assert outcomes.count("refused") == 2  # the script exercises both branches
 
 
 @pytest.mark.anyio

@@ -207,9 +207,10 @@ class Counting:
         self.inner = inner
         self.calls = 0
 
-    async def acquire(self, key: str, rate: float, burst: int, tokens: int = 1) -> float:
+    async def acquire(self, key: str, rate: float, burst: int, tokens: int = 1, *,
+                      max_wait: float | None = None) -> float:
         self.calls += 1
-        return await self.inner.acquire(key, rate, burst, tokens)
+        return await self.inner.acquire(key, rate, burst, tokens, max_wait=max_wait)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -221,7 +222,8 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, float, int, int]] = []
 
-    async def acquire(self, key: str, rate: float, burst: int, tokens: int = 1) -> float:
+    async def acquire(self, key: str, rate: float, burst: int, tokens: int = 1, *,
+                      max_wait: float | None = None) -> float:
         self.calls.append((key, rate, burst, tokens))
         return 0.0
 
@@ -283,3 +285,26 @@ async def test_router_asks_for_tokens_before_every_attempt(desired: DesiredState
     # 3 first attempts at 8/s with a bucket of 2: the third waits 1/8 s; the 429 makes the router wait
     # its Retry-After (1 s), by which time the bucket has refilled, so the retry waits for no token
     assert sorted(waits) == pytest.approx([1 / RATE, 1.0])
+
+
+@pytest.mark.anyio
+async def test_guard_does_not_take_tokens_that_come_after_the_deadline(desired: DesiredState) -> None:
+    """A worker must stop before its claim's lease ends: tokens that would come too late (counting the
+    provider's request timeout) are not taken, so they stay for the next claim."""
+    slept: list[float] = []
+
+    async def record(seconds: float) -> None:
+        slept.append(seconds)
+
+    clock = [0.0]
+    limiter = InProcessRateLimiter(now=lambda: clock[0], sleep=record)
+    guard = SendRateGuard(limiter, desired)
+    loop_now = asyncio.get_running_loop().time()
+    timeout = desired.providers["limited"].spec.timeoutSeconds
+    in_time = loop_now + timeout + 1.05  # a little over one second left for waiting tokens
+    granted = [await guard("limited", batch(1, 1), deadline=in_time) for _ in range(BURST + RATE + 3)]
+    assert granted == [True] * (BURST + RATE) + [False] * 3  # the burst, then a second's worth at RATE/s
+    assert max(slept) == pytest.approx(1.0)
+    # nothing was taken by the refused calls: without a deadline the next token comes right after
+    assert await limiter.acquire("provider:limited", RATE, BURST) == pytest.approx(1.0 + 1 / RATE)
+    assert await guard("limited", batch(1, 1), deadline=loop_now) is False
