@@ -70,7 +70,8 @@ def _new_yaml() -> YAML:
 
 # Inputs where libyaml is more lenient than ruamel's scanner (found by the parity fuzz tests in
 # tests/test_loading_fastpath.py); they take the pure path so the pure parser decides.
-_PURE_ONLY = re.compile(r"^%YAML|\t|[|>][-+0-9]*#", re.MULTILINE)
+# Also anchors and aliases (the two scanners end anchor names differently).
+_PURE_ONLY = re.compile(r"^%YAML|\t|[|>][-+0-9]*#|(?:^|[\s\[\]{},?:-])[&*][^\s]", re.MULTILINE)
 
 
 def _resolver_table(version: tuple[int, int]) -> dict[Any, list[tuple[str, Any]]]:
@@ -385,6 +386,9 @@ def _load_file(source: SourceFile) -> Iterator[tuple[LoadedDocument | None, list
         return
     except (YAMLError, RecursionError, ValueError) as exc:
         yield fail(f"YAML error: {exc}")
+        return
+    except TypeError as exc:  # a complex key holding a list or mapping cannot be a dict key
+        yield fail(f"YAML error: unsupported mapping key ({exc})")
         return
     for tree in trees:
         if tree is None:

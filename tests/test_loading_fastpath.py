@@ -23,7 +23,7 @@ needs_c = pytest.mark.skipif(loading.CParser is None, reason="ruamel.yaml.clib i
 def shape(node: Any, out: list[Any], path: str = "$", seen: set[int] | None = None) -> list[Any]:
     """Every value, its type and every recorded position, in document order (aliases not expanded)."""
     seen = set() if seen is None else seen
-    lc = getattr(node, "lc", None)
+    lc: Any = getattr(node, "lc", None)
     if isinstance(node, dict | list):
         if id(node) in seen:
             out.append((path, "alias"))
@@ -158,3 +158,17 @@ def test_edited_examples_load_identically(text: str, where: float, cut: int, ins
     fast_outcome = outcome(edited)
     with mock.patch.object(loading, "CParser", None):
         assert fast_outcome == outcome(edited), repr(edited)
+
+
+def test_a_complex_key_holding_a_list_is_an_error_not_a_crash() -> None:
+    text = b"apiVersion: herald/v1\nkind: Segment\nmetadata: {name: s}\nspec:\n  ? {a: [1, 2]}\n  : x\n"
+    for parser in (loading.CParser, None):
+        with mock.patch.object(loading, "CParser", parser):
+            [diagnostic] = load_files([loading.SourceFile("k.yaml", text)]).diagnostics
+            assert diagnostic.message.startswith("YAML error: unsupported mapping key")
+
+
+@needs_c
+def test_anchors_and_aliases_take_the_pure_path() -> None:
+    assert _parse_fast("&0:0") is None and _parse_fast("a: &x 1\nb: *x\n") is None
+    assert _parse_fast('body: "Save 50% & more today"\n') is not None  # a lone & is no anchor
