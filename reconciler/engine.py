@@ -26,6 +26,7 @@ from .providers.group import GroupRouter
 from .runs import MaterializeResult, materialize_due_runs, schedule_tick
 from .runtime import Runtime
 from .scheduling import deliveries_paused
+from .secrets import redact
 from .store.base import AppliedState
 
 LOG = logging.getLogger("herald.engine")
@@ -83,6 +84,10 @@ class Engine:
         except ApplyRefused as exc:
             self._sync_failed("apply", str(exc))
             return None
+        except Exception as exc:  # a bug in loading/planning must not stop ticking and delivering
+            LOG.exception("reconcile crashed; keeping the last applied state")
+            self._sync_failed("reconcile", redact(f"{type(exc).__name__}: {exc}"))
+            return None
         self.last_sync_error = None
         self.rt.store.kv_set(LAST_ERROR_KEY, None)
         self.rt.metrics.reconcile_lag.set(0)
@@ -94,7 +99,7 @@ class Engine:
         self.rt.metrics.reconcile_errors.labels(stage=stage).inc()
         if self.last_sync_error != message:
             LOG.error("reconcile failed (%s): %s; keeping the last applied state", stage, message)
-            if stage == "git":  # apply refusals are audited by apply itself, once per commit
+            if stage != "apply":  # apply refusals are audited by apply itself, once per commit
                 self.rt.store.append_audit([audit.audit_record(
                     audit.ERROR, at=self.rt.clock.now(), actor=self.rt.actor,
                     details={"stage": stage, "message": message})])

@@ -58,7 +58,11 @@ def compile_template(source: str) -> BoundTemplate:
 def referenced_paths(source: str) -> set[str]:
     """Dotted variable paths the template reads from outside itself, e.g. {'user.first_name'}."""
     template = compile_template(source)
-    return set(template.global_variable_paths())
+    try:
+        return set(template.global_variable_paths())
+    except LiquidError as exc:  # static analysis follows {% include %}/{% render %}: there is nothing to load
+        raise TemplateError(f"{str(exc).splitlines()[0]}: templates cannot include or render other templates "
+                            "or files") from exc
 
 
 class SendUndefined(FalsyStrictUndefined):

@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 from .models.common import Secret
 
@@ -28,8 +29,8 @@ class Redactor:
 
     def register(self, value: str) -> None:
         if len(value) >= _MIN_SECRET_LENGTH:
-            with self._lock:
-                self._values.add(value)
+            with self._lock:  # also as it appears in URLs and form bodies (error messages quote those)
+                self._values.update({value, quote(value, safe=""), quote_plus(value, safe="")})
 
     def redact(self, text: str) -> str:
         with self._lock:
@@ -81,4 +82,10 @@ class RedactingFilter(logging.Filter):
         cleaned = redact(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:  # tracebacks quote exception messages
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return True

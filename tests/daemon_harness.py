@@ -130,13 +130,13 @@ def commit_files(repo: Repo, files: dict[str, str], message: str, *, remove: Seq
     return repo.index.commit(message, author=actor, committer=actor).hexsha
 
 
-def standard_files(when: datetime, *, timeout: float = 1.0, campaign: str = "blast") -> dict[str, str]:
-    """Providers (timeout well inside the daemons' send budget: 80% of --lease), settings, one campaign."""
-    return {
-        "providers/providers.yaml": providers_yaml(timeout),
-        "campaigns/settings.yaml": SETTINGS_YAML,
-        f"campaigns/{campaign}.yaml": campaign_yaml(campaign, when),
-    }
+def standard_files(when: datetime | None = None, *, timeout: float = 0.5, campaign: str = "blast") -> dict[str, str]:
+    """Providers (timeout well inside the daemons' send budget: 80% of --lease), settings, and a
+    campaign at `when` (none without it)."""
+    files = {"providers/providers.yaml": providers_yaml(timeout), "campaigns/settings.yaml": SETTINGS_YAML}
+    if when is not None:
+        files[f"campaigns/{campaign}.yaml"] = campaign_yaml(campaign, when)
+    return files
 
 
 @contextlib.contextmanager
@@ -342,6 +342,28 @@ class DaemonProcess:
 
     def healthz(self) -> dict[str, Any]:
         return dict(httpx.get(f"{self.base_url}/healthz", timeout=10).json())
+
+    def sync(self) -> None:
+        """Ask for a git sync now (POST /admin/sync with the admin token)."""
+        answer = httpx.post(f"{self.base_url}/admin/sync", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                            timeout=10)
+        assert answer.status_code == 202, answer.text
+
+    def wait_applied(self, commit: str, timeout: float = 30.0) -> None:
+        wait_for(lambda: self.healthz()["last_applied_commit"] == commit, timeout, f"{self.name} to apply {commit[:10]}",
+                 on_timeout=self.log_tail)
+
+
+def schedule_soon(repo: Repo, daemon: DaemonProcess, build: Callable[[datetime], dict[str, str]],
+                  seconds: float = 2.0) -> datetime:
+    """Commit `build(moment)` for a moment `seconds` from now and have the running daemon apply it at
+    once, so the campaign exists before its moment however long the daemon took to start."""
+    once = soon(seconds)
+    sha = commit_files(repo, build(once), "schedule a campaign")
+    daemon.sync()
+    daemon.wait_applied(sha)
+    assert datetime.now(UTC) < once, "the campaign was applied after its moment"
+    return once
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str, poll: float = 0.05,

@@ -21,16 +21,18 @@ import pytest
 from daemon_harness import (
     DaemonProcess,
     Mock,
+    campaign_yaml,
     exactly_once_report,
     ingest,
     metric_value,
     mock_provider,
     population,
-    soon,
+    schedule_soon,
     standard_files,
     wait_for,
     write_repo,
 )
+from git import Repo
 
 from reconciler.store import open_state_store
 
@@ -58,21 +60,24 @@ def _queue_drained(daemons: list[DaemonProcess]) -> bool:
     return False
 
 
-def crash_loop(mock: Mock, daemons: list[DaemonProcess], total: int, kills: int, rng: random.Random,
-               once: datetime, timeout: float) -> CrashRun:
-    """Start the daemons, kill one at random points `kills` times (restarting it at once), wait until
-    every message is recorded, then stop them gracefully."""
+def crash_loop(mock: Mock, daemons: list[DaemonProcess], repo: Repo, total: int, kills: int, rng: random.Random,
+               timeout: float) -> CrashRun:
+    """Start the daemons, schedule the campaign, kill one at random points `kills` times (restarting
+    it at once), wait until every message is recorded, then stop them gracefully."""
     outcome = CrashRun()
-    began = time.monotonic()
     for daemon in daemons:
         daemon.start()
     for daemon in daemons:
         daemon.wait_healthy()
+        daemon.wait_applied(repo.head.commit.hexsha)
+    once = schedule_soon(repo, daemons[0], lambda at: {f"campaigns/{CAMPAIGN}.yaml": campaign_yaml(CAMPAIGN, at)})
+    began = time.monotonic()
 
     def kill_one(trigger: str) -> None:
         victim = rng.choice(daemons)
         victim.kill()
-        outcome.kills.append({"trigger": trigger, "daemon": victim.name, "accepted_at_kill": mock.accepted()})
+        outcome.kills.append({"trigger": trigger, "daemon": victim.name, "accepted_at_kill": mock.accepted(),
+                              "at_s": round(time.monotonic() - began, 1)})
         victim.start()
 
     # One kill while the run is being created and materialized (just after the scheduled moment) …
@@ -123,11 +128,10 @@ def _single_daemon_crash_test(tmp_path: Path, total: int, kills: int, seed: int,
     audience_url = f"duckdb:///{tmp_path / 'audience.duckdb'}"
     state_url = f"sqlite:///{tmp_path / 'state.db'}"
     ingest(audience_url, users)  # before the daemon starts: a DuckDB file belongs to one process
-    once = soon(3)
-    write_repo(tmp_path / "repo", standard_files(once, campaign=CAMPAIGN))
+    repo = write_repo(tmp_path / "repo", standard_files())
     with mock_provider() as mock:
         daemon = DaemonProcess(tmp_path / "d1", str(tmp_path / "repo"), state_url, audience_url, mock.url)
-        run = crash_loop(mock, [daemon], total, kills, rng, once, timeout)
+        run = crash_loop(mock, [daemon], repo, total, kills, rng, timeout)
         assert_exactly_once(mock, state_url, users, run)
         assert daemon.starts == kills + 1
 
@@ -145,12 +149,11 @@ def _two_daemons_on_postgres(tmp_path: Path, dsn: str, total: int, kills: int, s
     rng = random.Random(seed)
     users = population(total)
     ingest(dsn, users)
-    once = soon(3)
-    write_repo(tmp_path / "repo", standard_files(once, campaign=CAMPAIGN))
+    repo = write_repo(tmp_path / "repo", standard_files())
     with mock_provider() as mock:
         daemons = [DaemonProcess(tmp_path / name, str(tmp_path / "repo"), dsn, dsn, mock.url, name=name, workers=2)
                    for name in ("pg-a", "pg-b")]
-        run = crash_loop(mock, daemons, total, kills, rng, once, timeout)
+        run = crash_loop(mock, daemons, repo, total, kills, rng, timeout)
         assert_exactly_once(mock, dsn, users, run)
         assert sum(d.starts for d in daemons) == kills + 2
 
