@@ -20,12 +20,14 @@ from test_audience_support import (  # noqa: F401  (store fixtures)
 from reconciler.alerts import safety_block_alert
 from reconciler.audience import (
     AudienceStore,
+    LiveAllowance,
     Member,
     UnknownSegmentError,
     campaign_rules,
     cap_allows,
     effective_daily_cap,
     in_reach_sample,
+    live_allowance,
     safety_check,
     select_audience,
     user_in_audience,
@@ -127,6 +129,11 @@ def test_live_subset_counts_what_was_sent_and_then_ends(duck: AudienceStore) -> 
     done = select_audience(duck, campaign, state, NOW, seed=0, sent_total=10)
     assert (done.remaining, done.complete) == (0, True)
     assert _members(done) == []
+    assert live_allowance(campaign, already_sent_today=0, sent_total=7) == LiveAllowance(3, False)
+    daily = make_campaign("d", type="live", audience={"subset": {"limit": 10}, "dailyLimit": 2})
+    assert live_allowance(daily, already_sent_today=2, sent_total=5) == LiveAllowance(0, False)
+    assert live_allowance(make_campaign("free", type="live"), already_sent_today=9, sent_total=9) == \
+        LiveAllowance(None, False)
 
 
 def test_daily_limit_counts_what_was_already_sent_today(audience: AudienceStore) -> None:

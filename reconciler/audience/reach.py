@@ -151,6 +151,25 @@ class Selection:
         }
 
 
+@dataclass(frozen=True)
+class LiveAllowance:
+    remaining: int | None  # how many may still be sent now (subset and dailyLimit); None = unbounded
+    complete: bool  # the subset limit was reached: the campaign ends
+
+
+def live_allowance(campaign: Campaign, *, already_sent_today: int, sent_total: int) -> LiveAllowance:
+    """A live campaign's subset / dailyLimit budget, without counting the audience (cheap per event)."""
+    audience = campaign.spec.audience
+    bounds = []
+    complete = False
+    if audience.subset is not None:
+        bounds.append(max(0, audience.subset.limit - sent_total))
+        complete = sent_total >= audience.subset.limit
+    if audience.dailyLimit is not None:
+        bounds.append(max(0, audience.dailyLimit - already_sent_today))
+    return LiveAllowance(min(bounds) if bounds else None, complete)
+
+
 def select_audience(store: AudienceStore, campaign: Campaign, state: DesiredState, now: datetime, *,
                     seed: int, already_sent_today: int = 0, sent_total: int = 0) -> Selection:
     """Count and (lazily) pick the users for one run of `campaign` at `now`.
@@ -188,9 +207,8 @@ def select_audience(store: AudienceStore, campaign: Campaign, state: DesiredStat
     remaining = None
     complete = False
     if live:
-        bounds = [allowed for name, _, allowed in caps if name in ("subset", "dailyLimit")]
-        remaining = min(bounds) if bounds else None
-        complete = audience.subset is not None and sent_total >= audience.subset.limit
+        allowance = live_allowance(campaign, already_sent_today=already_sent_today, sent_total=sent_total)
+        remaining, complete = allowance.remaining, allowance.complete
     if audience.subset is not None and audience.subset.seed is not None:
         seed = audience.subset.seed
     query = AudienceQuery(rules, now, sample=sample, order=order, seed=seed, limit=target)
