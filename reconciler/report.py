@@ -95,14 +95,14 @@ def _campaign_report(store: StateStore, audience: AudienceStore | None, campaign
     live_rows = sum(row.count for row in counts if row.run_id is None)  # live messages have no run
     total.targeted = sum(r.targeted for r in runs) + live_rows
     sent_rows = store.list_outbox(campaign=name, statuses=["sent"], limit=SENT_SCAN_LIMIT)
-    _add_costs(sent_rows, state_providers, total, by_provider)
+    add_costs(sent_rows, state_providers, total, by_provider)
     if audience is not None and campaign is not None and campaign.spec.conversion is not None:
-        _count_conversions(sent_rows, audience, campaign, now, total, by_run)
+        count_conversions(sent_rows, audience, campaign, now, total, by_run)
     run_reports = [RunReport(r.id, r.scheduled_for.isoformat(), r.status, r.reason, by_run[r.id]) for r in runs]
     return CampaignReport(name, len(runs), total, run_reports, dict(by_provider))
 
 
-def _add_costs(rows: Sequence[OutboxRow], providers: Mapping[str, Provider], total: Tally,
+def add_costs(rows: Sequence[OutboxRow], providers: Mapping[str, Provider], total: Tally,
                by_provider: dict[str, Tally]) -> None:
     """Recorded message costs, summed per currency of the provider that sent them."""
     for row in rows:
@@ -114,7 +114,7 @@ def _add_costs(rows: Sequence[OutboxRow], providers: Mapping[str, Provider], tot
             tally.cost[currency] = round(tally.cost.get(currency, 0.0) + row.cost, 6)
 
 
-def _count_conversions(rows: Sequence[OutboxRow], audience: AudienceStore, campaign: Campaign, now: datetime,
+def count_conversions(rows: Sequence[OutboxRow], audience: AudienceStore, campaign: Campaign, now: datetime,
                        total: Tally, by_run: dict[int, Tally]) -> None:
     """A sent message converts when its user does the goal event within the window after the send."""
     goal = campaign.spec.conversion

@@ -21,7 +21,7 @@ from ..audit import KNOWN_ACTIONS
 from ..loading import DesiredState
 from ..models import Campaign
 from ..models.campaign import Schedule, Trigger
-from ..report import SENT_SCAN_LIMIT, CampaignReport, RunReport, Tally, _add_costs, _count_conversions
+from ..report import SENT_SCAN_LIMIT, CampaignReport, RunReport, Tally, add_costs, count_conversions
 from ..scheduler import campaign_window, runs_between, uses_user_timezone
 from ..secrets import redact
 from ..store.base import (
@@ -334,7 +334,7 @@ def timeline_and_providers(rows: Sequence[OutboxRow], audience: AudienceStore | 
     if audience is not None and campaign is not None and campaign.spec.conversion is not None:
         for (start, provider), sent_rows in groups.items():
             converted = Tally()
-            _count_conversions(sent_rows, audience, campaign, now, converted, run_tallies)
+            count_conversions(sent_rows, audience, campaign, now, converted, run_tallies)
             index[start].tally.converted += converted.converted
             providers[provider].converted += converted.converted
     return timeline, dict(providers)
@@ -377,7 +377,7 @@ def campaign_detail(store: StateStore, audience: AudienceStore | None, cache: De
     run_tallies = {r.run_id: r.tally for r in report.by_run}
     outbox = store.list_outbox(campaign=name, statuses=("sent", "failed"), limit=SENT_SCAN_LIMIT)
     timeline, by_provider = timeline_and_providers(outbox, audience, campaign, now, run_tallies)
-    _add_costs([r for r in outbox if r.status == "sent"], state.providers, report.tally, report.by_provider)
+    add_costs([r for r in outbox if r.status == "sent"], state.providers, report.tally, report.by_provider)
     for provider, tally in by_provider.items():
         tally.cost = report.by_provider.get(provider, Tally()).cost
     report.tally.converted = sum(b.tally.converted for b in timeline.buckets)
