@@ -254,6 +254,7 @@ class DaemonProcess:
     poll_interval: float = 1.0
     tick_interval: float = 0.2
     extra_env: dict[str, str] = field(default_factory=dict)
+    extra_args: list[str] = field(default_factory=list)
     name: str = "daemon"
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
@@ -278,7 +279,7 @@ class DaemonProcess:
         return [sys.executable, "-m", "reconciler.cli", "run", "--repo", self.repo, "--branch", "main",
                 "--port", str(self.port), "--state", self.state_url, "--audience", self.audience_url,
                 "--poll-interval", f"{self.poll_interval:g}", "--tick-interval", f"{self.tick_interval:g}",
-                "--workers", str(self.workers), "--lease", f"{self.lease_seconds:g}"]
+                "--workers", str(self.workers), "--lease", f"{self.lease_seconds:g}", *self.extra_args]
 
     @property
     def log_path(self) -> Path:

@@ -155,8 +155,9 @@ class ProviderAdapter:
     def headers_for(self, batch: Sequence[OutboundMessage]) -> dict[str, str]:
         return {IDEMPOTENCY_HEADER: idempotency_key(batch), "Accept": "application/json"}
 
-    async def submit(self, batch: Sequence[OutboundMessage]) -> list[Outcome]:
-        """One attempt: one HTTP request for the whole batch, one Outcome per message."""
+    async def submit(self, batch: Sequence[OutboundMessage], *, timeout: float | None = None) -> list[Outcome]:
+        """One attempt: one HTTP request for the whole batch, one Outcome per message. `timeout`
+        shortens the provider's own timeout for this attempt (the caller's time is running out)."""
         if not batch:
             return []
         if len(batch) > self.max_batch:
@@ -165,10 +166,14 @@ class ProviderAdapter:
             request = self.build_request(batch)
         except ProviderError as exc:
             return [exc] * len(batch)
+        waited = self.timeout
+        if timeout is not None and timeout < self.timeout:
+            request.extensions["timeout"] = httpx.Timeout(timeout).as_dict()
+            waited = timeout
         try:
             response = await self.client.send(request)
         except httpx.TimeoutException as exc:
-            return [ProviderError(f"timeout after {self.timeout:g}s ({type(exc).__name__})", retryable=True)] * len(batch)
+            return [ProviderError(f"timeout after {waited:g}s ({type(exc).__name__})", retryable=True)] * len(batch)
         except httpx.TransportError as exc:
             return [ProviderError(f"connection error: {type(exc).__name__}: {exc}", retryable=True)] * len(batch)
         try:

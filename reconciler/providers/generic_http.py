@@ -180,15 +180,16 @@ class GenericHttpAdapter(ProviderAdapter):
             return list(ids) if len(ids) == len(batch) else [None] * len(batch)
         return [str(found) if found is not None else None] * len(batch)
 
-    async def submit(self, batch: Sequence[OutboundMessage]) -> list[Outcome]:
+    async def submit(self, batch: Sequence[OutboundMessage], *, timeout: float | None = None) -> list[Outcome]:
         if not (self.batching and self.batching.join == "comma") or len(batch) <= 1:
-            return await super().submit(batch)
+            return await super().submit(batch, timeout=timeout)
         groups: dict[str, list[int]] = {}
         for index, message in enumerate(batch):
             groups.setdefault(self._shared_fields_key(message), []).append(index)
         outcomes: list[Outcome] = [None] * len(batch)
         parts = list(groups.values())
-        answers = await asyncio.gather(*(super(GenericHttpAdapter, self).submit([batch[i] for i in p]) for p in parts))
+        answers = await asyncio.gather(*(super(GenericHttpAdapter, self).submit([batch[i] for i in p], timeout=timeout)
+                                         for p in parts))
         for indexes, answer in zip(parts, answers, strict=True):
             for index, outcome in zip(indexes, answer, strict=True):
                 outcomes[index] = outcome

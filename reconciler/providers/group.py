@@ -43,6 +43,7 @@ from .registry import build_adapter, default_client
 SleepFn = Callable[[float], Awaitable[None]]
 BeforeSend = Callable[[str, Sequence[OutboundMessage]], Awaitable[object]]  # e.g. ratelimit.SendRateGuard
 ResultHook = Callable[[SendResult], None]  # sees each message's final result as soon as it is known
+MIN_ATTEMPT_SECONDS = 1.0  # with a deadline, an attempt starts only if it can wait this long (or its timeout)
 BreakerState = Literal["closed", "open", "half-open"]
 
 
@@ -120,9 +121,21 @@ class _Tally:
         if self.on_result is not None:
             self.on_result(result)
 
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - asyncio.get_running_loop().time()
+
     def time_for(self, seconds: float) -> bool:
         """Would something taking `seconds` from now end before the deadline?"""
-        return self.deadline is None or asyncio.get_running_loop().time() + seconds <= self.deadline
+        remaining = self.remaining()
+        return remaining is None or seconds <= remaining
+
+    def attempt_timeout(self, provider_timeout: float) -> float | None:
+        """The timeout for an attempt starting now: the provider's own, shortened to end by the
+        deadline; None when there is not even MIN_ATTEMPT_SECONDS (or the provider's timeout) left."""
+        remaining = self.remaining()
+        if remaining is None:
+            return provider_timeout
+        return min(provider_timeout, remaining) if remaining >= min(provider_timeout, MIN_ATTEMPT_SECONDS) else None
 
 
 @functools.lru_cache(maxsize=65536)
@@ -233,9 +246,10 @@ class GroupRouter:
 
         `on_result` is called with each message's final result the moment it is known (before the
         whole call returns), so a caller can record accepted messages without waiting for the rest.
-        `deadline` (event-loop time, e.g. when the caller's claim on the messages ends): no attempt
-        starts unless its timeout ends before it and no backoff sleeps past it; messages still
-        unsent then fail as retryable."""
+        `deadline` (event-loop time, e.g. when the caller's claim on the messages ends): every
+        attempt's timeout is shortened to end by it, no attempt starts with less than
+        MIN_ATTEMPT_SECONDS (or the provider's timeout) left and no backoff sleeps past it; messages
+        still unsent then fail as retryable."""
         tally = _Tally(on_result=on_result, deadline=deadline)
         by_group: dict[str, list[_Pending]] = {}
         for message in messages:
@@ -303,7 +317,7 @@ class GroupRouter:
             chunk = [p for p in chunk if p.attempts < self.retry.max_total_attempts]
             if not chunk:
                 return []
-            if not tally.time_for(adapter.timeout):
+            if tally.attempt_timeout(adapter.timeout) is None:
                 return chunk
             if respect_breaker and not breaker.acquire(self.clock.now(), settings):
                 return chunk
@@ -311,11 +325,13 @@ class GroupRouter:
             if self.before_send is not None:  # outside the semaphore: waiting holds no request slot
                 await self.before_send(adapter.name, [p.message for p in chunk])
             async with self._semaphore:
-                if not tally.time_for(adapter.timeout):  # waiting for send tokens or a slot used up the time
+                timeout = tally.attempt_timeout(adapter.timeout)
+                if timeout is None:  # waiting for send tokens or a request slot used up the time
                     if holds_probe:
                         breaker.probing = False  # nothing was sent: give the probe back
                     return chunk
-                outcomes = await adapter.submit([p.message for p in chunk])
+                outcomes = await adapter.submit([p.message for p in chunk],
+                                                timeout=timeout if timeout < adapter.timeout else None)
             retry_later = self._settle(adapter.name, chunk, outcomes, tally)
             healthy = any(not isinstance(o, ProviderError) or o.scope == "message" for o in outcomes)
             breaker.record(healthy, self.clock.now(), settings)
@@ -329,7 +345,7 @@ class GroupRouter:
             if retry_after > self.retry.max_retry_after:
                 return chunk
             delay = self.retry.delay(attempt, retry_after, self.rng)
-            if not tally.time_for(delay + adapter.timeout):
+            if not tally.time_for(delay + min(adapter.timeout, MIN_ATTEMPT_SECONDS)):
                 return chunk
             await self.sleep(delay)
         return chunk
