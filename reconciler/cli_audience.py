@@ -36,6 +36,10 @@ MAX_PRINTED_ERRORS = 200
 PROGRESS_EVERY_ROWS = 100_000
 
 
+class InvalidState(click.ClickException):
+    exit_code = 2
+
+
 def _store_url(given: str | None) -> str:
     return given or RuntimeConfig.from_env().audience_url
 
@@ -150,8 +154,13 @@ def _load_state(paths: list[str]) -> Any:
             raise click.UsageError("no PATH given and no providers/ or campaigns/ directory here")
     result = load_paths(paths)
     if not result.ok:
+        # Reach only needs campaigns, segments and settings; other errors (an unknown provider group
+        # when only campaigns/ is given) are herald validate's business. Say so, and go on.
         click.echo(render_diagnostics(result.errors, "text"), err=True)
-        raise click.ClickException("the desired state is invalid; fix it first (herald validate)")
+        if not result.state.campaigns:
+            raise InvalidState("no valid campaign found; fix the errors above (herald validate)")
+        click.echo(f"warning: {len(result.errors)} validation errors (above); documents that failed to load "
+                   "are not checked — run herald validate", err=True)
     return result.state
 
 
@@ -276,11 +285,15 @@ def _check_line(result: dict[str, Any]) -> str:
     if status == "error":
         return f"ERROR   {name}: {result['reason']}"
     if status == "blocked":
-        return (f"BLOCKED {name}: {result['qualified']:,} users qualify, more than the safety limit of "
+        return (f"BLOCKED {name}: {_qualify(result['qualified'])}, more than the safety limit of "
                 f"{result['limit']:,} ({'campaign' if result['source'] == 'campaign' else 'Settings default'})")
     if status == "unlimited":
-        return f"ok      {name}: {result['qualified']:,} users qualify (no safety limit applies)"
-    return f"ok      {name}: {result['qualified']:,} users qualify, limit {result['limit']:,}"
+        return f"ok      {name}: {_qualify(result['qualified'])} (no safety limit applies)"
+    return f"ok      {name}: {_qualify(result['qualified'])}, limit {result['limit']:,}"
+
+
+def _qualify(count: int) -> str:
+    return "1 user qualifies" if count == 1 else f"{count:,} users qualify"
 
 
 __all__ = ["ingest", "reach"]

@@ -230,3 +230,16 @@ def test_reach_usage_errors(tmp_path: Path, repo: list[str]) -> None:
     assert run("reach", *[]).exit_code == 2
     missing = run("reach", "everyone", *repo, "--store", f"duckdb:///{tmp_path}/absent.duckdb")
     assert missing.exit_code == 1 and "no audience store" in missing.stderr
+
+
+def test_reach_check_on_campaigns_only_warns_about_unrelated_errors(tmp_path: Path) -> None:
+    """`herald reach --check campaigns/` needs no providers: unknown groups are herald validate's business."""
+    snapshot = _snapshot(tmp_path / "snap.jsonl", users=3, buyers=0)
+    result = run("reach", "--check", str(ROOT / "campaigns"), "--snapshot", str(snapshot), *NOW_ARG)
+    assert result.exit_code == 0
+    assert "unknown provider group" in result.stderr and "warning:" in result.stderr
+    assert "ok      holiday-coupons: 3 users qualify, limit 20,000" in result.stdout
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "x.yaml").write_text("apiVersion: herald/v1\nkind: Campaign\nmetadata: {name: x}\nspec: {}\n")
+    assert run("reach", "--check", str(broken), "--snapshot", str(snapshot)).exit_code == 2
