@@ -398,3 +398,73 @@ def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> 
 def soon(seconds: float) -> datetime:
     """A schedule moment `seconds` from now, to the second (real clock: the daemon runs on it)."""
     return (datetime.now(UTC) + timedelta(seconds=seconds)).replace(microsecond=0) + timedelta(seconds=1)
+
+
+# ---------------------------------------------------------------- load
+
+
+@dataclass
+class LoadResult:
+    """What a load run measured: requests, events, errors by status, latencies (seconds)."""
+
+    seconds: float
+    requests: int = 0
+    events: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+    @property
+    def requests_per_second(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def percentile(self, share: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else 0.0
+
+    def summary(self) -> str:
+        return (f"{self.requests} requests, {self.events} events in {self.seconds:.1f}s: "
+                f"{self.events_per_second:,.0f} events/s, {self.requests_per_second:,.0f} requests/s, "
+                f"latency p50 {self.percentile(0.5) * 1000:.1f} ms, p99 {self.percentile(0.99) * 1000:.1f} ms, "
+                f"max {max(self.latencies, default=0) * 1000:.1f} ms, errors {dict(self.errors) or 0}")
+
+
+async def ingest_load(base_url: str, user_ids: Sequence[str], *, seconds: float, concurrency: int,
+                      batch: int = 1, token: str = ADMIN_TOKEN, event_name: str = "page_view") -> LoadResult:
+    """POST /v1/events from `concurrency` connections for `seconds`, `batch` events per request
+    (bounded: each connection has one request in flight)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    result = LoadResult(seconds=seconds)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {token}"},
+                                 limits=limits, timeout=60) as client:
+        began = loop.time()
+        deadline = began + seconds
+
+        async def connection(index: int) -> None:
+            sent = 0
+            while loop.time() < deadline:
+                events = [{"user_id": user_ids[(index * 7919 + sent + k) % len(user_ids)], "name": event_name,
+                           "path": f"/p/{sent % 50}"} for k in range(batch)]
+                started = time.perf_counter()
+                try:
+                    answer = await client.post("/v1/events", json=events if batch > 1 else events[0])
+                except httpx.HTTPError as exc:
+                    result.errors[type(exc).__name__] += 1
+                    continue
+                result.latencies.append(time.perf_counter() - started)
+                result.requests += 1
+                sent += batch
+                if answer.status_code == 202:
+                    result.events += batch
+                else:
+                    result.errors[str(answer.status_code)] += 1
+
+        await asyncio.gather(*(connection(i) for i in range(concurrency)))
+        result.seconds = loop.time() - began
+    return result
