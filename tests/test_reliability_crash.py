@@ -93,6 +93,7 @@ def crash_loop(mock: Mock, daemons: list[DaemonProcess], repo: Repo, total: int,
              what="every message sent and recorded", poll=0.1, on_timeout=lambda: _logs(daemons))
     outcome.seconds = time.monotonic() - began
     for daemon in daemons:
+        daemon.wait_healthy()  # a daemon restarted a moment ago may still be starting: let it install its handlers
         assert daemon.terminate() == 0, _logs(daemons)
     return outcome
 
