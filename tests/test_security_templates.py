@@ -4,6 +4,7 @@ refused with a clear error instead of crashing the reconcile (it did: static ana
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,11 +20,14 @@ from daemon_harness import (
     metric_value,
     providers_yaml,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reconciler.audience.records import Member
 from reconciler.cli import main
 from reconciler.demo import DemoWorld
 from reconciler.engine import LAST_ERROR_KEY
+from reconciler.loading import SourceFile, load_files
 from reconciler.models import Campaign
 from reconciler.render import Rendered, RenderFailure, render_message
 from reconciler.store.base import AuditQuery
@@ -130,3 +134,31 @@ def test_an_unexpected_crash_in_reconcile_is_reported_and_delivery_goes_on(world
     monkeypatch.undo()
     world.step()
     assert store.applied_state().commit_sha != good and store.kv_get(LAST_ERROR_KEY) is None
+
+
+LIQUID_PIECES = ["{%", "%}", "{{", "}}", "{%-", "-%}", " ", "include", "render", "'leak.txt'", "leak", "with",
+                 "user.first_name", "user.__class__", "event.x", "campaign.name", "linked.a", "|", "default:", "'x'",
+                 "for i in (1..3)", "endfor", "if", "endif", "else", "assign y = 1", "capture c", "endcapture",
+                 "raw", "endraw", "comment", "endcomment", "liquid", "echo", "cycle 'a'", "tablerow", "#", "size",
+                 "upcase", ".", "[", "]", "\"", "'", ",", ":", "\n", "é😀"]
+
+
+@settings(max_examples=120, deadline=None)
+@given(pieces=st.lists(st.sampled_from(LIQUID_PIECES), min_size=1, max_size=14))
+def test_fuzzed_templates_never_crash_validation_or_rendering(pieces: list[str]) -> None:
+    """Any message body: validation answers with diagnostics (never an exception), and a body that
+    validates renders to a message or a RenderFailure value, never leaking the working directory."""
+    body = "".join(pieces)
+    text = files("{{ user.first_name }}")["campaigns/promo.yaml"].replace(
+        "body: \"Hi {{ user.first_name }}\"", "body: " + json.dumps(body))
+    sources = [SourceFile(rel, content.encode()) for rel, content in
+               {**files("x"), "campaigns/promo.yaml": text}.items()]
+    result = load_files(sources)
+    if not result.ok:
+        assert result.diagnostics
+        return
+    promo = result.state.campaigns["promo"]
+    rendered = render_message(promo, Member("u1", "+14155550123", "UTC", "US", {"first_name": "Ada"}))
+    assert isinstance(rendered, Rendered | RenderFailure)
+    if isinstance(rendered, Rendered):
+        assert FILE_CONTENT not in rendered.body and "<class" not in rendered.body
