@@ -38,6 +38,7 @@ from .store.base import OutboxRow, SendResult
 LOG = logging.getLogger("herald.delivery")
 CLAIM_BATCH = 200
 MAX_CLAIMS = 6
+DEFER_DELAY = timedelta(seconds=1)
 RETRY_BASE = timedelta(seconds=5)
 EARLY_RECORD_SECONDS = 0.05
 # Sending stops (unsent rows are released for a retry) before the claim's lease ends, so no request of
@@ -221,7 +222,8 @@ class DeliveryWorker:
             if row.id in recorded:
                 continue
             result = by_key[row.idempotency_key]
-            if result.status == "failed" and result.retryable and row.claim_count < MAX_CLAIMS:
+            never_attempted = result.attempts == 0  # deferred (send-rate limit, claim deadline): not a failure
+            if result.status == "failed" and result.retryable and (never_attempted or row.claim_count < MAX_CLAIMS):
                 retry.append(row)
                 continue
             fresh.append(self._final(row, rendered, result, now))
@@ -229,8 +231,9 @@ class DeliveryWorker:
             await asyncio.to_thread(self.rt.store.complete, self.rt.worker_id, fresh)
         final = [*early, *fresh]
         for row in retry:
-            backoff = RETRY_BASE * (2 ** max(0, row.claim_count - 1))
-            error = by_key[row.idempotency_key].error
+            result = by_key[row.idempotency_key]
+            backoff = DEFER_DELAY if result.attempts == 0 else RETRY_BASE * (2 ** max(0, row.claim_count - 1))
+            error = result.error
             await asyncio.to_thread(self.rt.store.release, self.rt.worker_id, [row.id],
                                     retry_at=now + backoff, error=error)
         sent = sum(1 for r in final if r.status == "sent")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,9 @@ from .gitsource import GitSource, GitSourceError
 from .linked import LinkedContentFetcher, LinkedUrlPolicy
 from .live import fire_due_timers, handle_events
 from .loading import DesiredState
+from .notify import Notifier, NotifyConfig, outcome_from_apply, repository_from_remote
 from .providers.group import GroupRouter
+from .ratelimit import SendRateGuard, make_rate_limiter
 from .runs import MaterializeResult, materialize_due_runs, schedule_tick
 from .runtime import Runtime
 from .scheduling import deliveries_paused
@@ -63,6 +66,12 @@ class Engine:
         self._applied = AppliedState.empty()
         self._router: GroupRouter | None = None
         self.last_sync_error: str | None = None
+        env = os.environ if environ is None else environ
+        self.limiter = make_rate_limiter(rt.config.state_url, env.get("HERALD_REDIS_URL") or None,
+                                         metrics=rt.metrics)
+        self.notifier = Notifier(rt.store, lambda: NotifyConfig.from_settings(self.state.settings),
+                                 clock=rt.clock, environ=env, owner=rt.worker_id)
+        self.rt.alerts = self.notifier  # owner alerts: log + webhook, once per campaign and run
 
     # ------------------------------------------------------------ git → applied state
 
@@ -75,25 +84,36 @@ class Engine:
             return None
         try:
             snapshot = self.source.read()
-            result = reconcile(self.rt.store, snapshot, clock=self.rt.clock, actor=self.rt.actor,
-                               allow_prune=self.allow_prune, source=self.source.display,
-                               override_freeze=self.override_freeze)
         except GitSourceError as exc:
             self._sync_failed("git", str(exc))
             return None
+        try:
+            result = reconcile(self.rt.store, snapshot, clock=self.rt.clock, actor=self.rt.actor,
+                               allow_prune=self.allow_prune, source=self.source.display,
+                               override_freeze=self.override_freeze)
         except ApplyRefused as exc:
             self._sync_failed("apply", str(exc))
+            self._notify(snapshot.sha, exc)
             return None
         except Exception as exc:  # a bug in loading/planning must not stop ticking and delivering
             LOG.exception("reconcile crashed; keeping the last applied state")
             self._sync_failed("reconcile", redact(f"{type(exc).__name__}: {exc}"))
+            self._notify(snapshot.sha, exc)
             return None
+        self._notify(snapshot.sha, result)
         self.last_sync_error = None
         self.rt.store.kv_set(LAST_ERROR_KEY, None)
         self.rt.metrics.reconcile_lag.set(0)
         if result.commit_sha:
             self.rt.metrics.set_last_applied(result.commit_sha)
         return result
+
+    def _notify(self, sha: str, result: ApplyResult | BaseException) -> None:
+        """Commit status + webhook, once per (commit, result) across polls, restarts and daemons."""
+        assert self.source is not None
+        self.refresh()  # notification settings come from the applied Settings
+        repository = repository_from_remote(self.source.location) if self.source.remote else None
+        self.notifier.notify_commit(outcome_from_apply(sha, result, repository=repository))
 
     def _sync_failed(self, stage: str, message: str) -> None:
         self.rt.metrics.reconcile_errors.labels(stage=stage).inc()
@@ -153,7 +173,8 @@ class Engine:
             if self._router is not None:
                 await self._router.aclose()
             self._router = GroupRouter(self.state, self.rt.config, self.rt.clock, environ=self.environ,
-                                       max_concurrency=self.router_concurrency)
+                                       max_concurrency=self.router_concurrency,
+                                       before_send=SendRateGuard(self.limiter, self.state))
             self._router_stale = False
         return self._router
 
@@ -177,4 +198,6 @@ class Engine:
         if self._router is not None:
             await self._router.aclose()
             self._router = None
+        await self.limiter.aclose()
+        self.notifier.close()
         self.linked.close()

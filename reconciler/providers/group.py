@@ -41,7 +41,8 @@ from .base import (
 from .registry import build_adapter, default_client
 
 SleepFn = Callable[[float], Awaitable[None]]
-BeforeSend = Callable[[str, Sequence[OutboundMessage]], Awaitable[object]]  # e.g. ratelimit.SendRateGuard
+# (provider name, messages, deadline) -> False when the request may not go out before the deadline
+BeforeSend = Callable[[str, Sequence[OutboundMessage], float | None], Awaitable[object]]  # ratelimit.SendRateGuard
 ResultHook = Callable[[SendResult], None]  # sees each message's final result as soon as it is known
 MIN_ATTEMPT_SECONDS = 1.0  # with a deadline, an attempt starts only if it can wait this long (or its timeout)
 BreakerState = Literal["closed", "open", "half-open"]
@@ -323,7 +324,11 @@ class GroupRouter:
                 return chunk
             holds_probe = respect_breaker and breaker.probing
             if self.before_send is not None:  # outside the semaphore: waiting holds no request slot
-                await self.before_send(adapter.name, [p.message for p in chunk])
+                allowed = await self.before_send(adapter.name, [p.message for p in chunk], tally.deadline)
+                if allowed is False:  # no send tokens before the deadline: try the next provider
+                    if holds_probe:
+                        breaker.probing = False
+                    return chunk
             async with self._semaphore:
                 timeout = tally.attempt_timeout(adapter.timeout)
                 if timeout is None:  # waiting for send tokens or a request slot used up the time
