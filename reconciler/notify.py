@@ -2,7 +2,8 @@
 
 After each reconcile the daemon calls `Notifier.notify_commit(outcome)`. Two channels:
 - GitHub: a commit status (POST {apiBaseUrl}/repos/{owner}/{repo}/statuses/{sha}, context
-  "herald/apply": success when applied, failure when refused or invalid, error when Herald failed).
+  "herald/apply": success when applied, pending while a freeze window holds it, failure when refused
+  or invalid, error when Herald failed).
 - A Slack-compatible webhook: {"text": ..., "attachments": [{fields...}], "herald": {structured}}.
 
 Exactly once: what was delivered is remembered in the state store's key/value table under
@@ -38,10 +39,11 @@ if TYPE_CHECKING:
     from .store.base import StateStore
 
 LOG = logging.getLogger("herald.notify")
-Result = Literal["applied", "refused", "invalid", "error"]
-GITHUB_STATES: dict[str, str] = {"applied": "success", "refused": "failure", "invalid": "failure",
-                                 "error": "error"}
-SLACK_COLORS = {"applied": "good", "refused": "danger", "invalid": "danger", "error": "warning"}
+Result = Literal["applied", "held", "refused", "invalid", "error"]
+GITHUB_STATES: dict[str, str] = {"applied": "success", "held": "pending", "refused": "failure",
+                                 "invalid": "failure", "error": "error"}
+SLACK_COLORS = {"applied": "good", "held": "warning", "refused": "danger", "invalid": "danger",
+                "error": "warning"}
 STATUS_CONTEXT = "herald/apply"
 DEFAULT_GITHUB_API = "https://api.github.com"
 GITHUB_TOKEN_ENV = "HERALD_GITHUB_TOKEN"
@@ -112,7 +114,9 @@ def outcome_from_apply(sha: str, result: ApplyResult | BaseException, *, reposit
                              {"version": result.version, "changes": dict(result.counts),
                               "applied": result.applied}, target_url)
     if isinstance(result, ApplyRefused):
-        kind: Result = "invalid" if result.reason == "invalid" else "refused"
+        kind: Result = "refused"
+        if result.reason in ("invalid", "freeze_window"):
+            kind = "invalid" if result.reason == "invalid" else "held"
         return CommitOutcome(sha, kind, str(result), repository, {"reason": result.reason, **result.details},
                              target_url)
     return CommitOutcome(sha, "error", f"Herald could not apply this commit: {type(result).__name__}: {result}",
@@ -369,7 +373,8 @@ class Notifier:
 def commit_payload(outcome: CommitOutcome, config: NotifyConfig, at: datetime) -> dict[str, Any]:
     repository = config.github_repository or outcome.repository
     where = f" in {repository}" if repository else ""
-    verb = {"applied": "applied", "refused": "refused", "invalid": "rejected (invalid)",
+    verb = {"applied": "applied", "held": "held (freeze window) for", "refused": "refused",
+            "invalid": "rejected (invalid)",
             "error": "failed to apply"}[outcome.result]
     text = f"Herald {verb} commit {outcome.sha[:10]}{where}: {outcome.summary}"
     fields = [{"title": "Result", "value": outcome.result, "short": True},

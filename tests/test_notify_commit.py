@@ -397,3 +397,11 @@ def test_owner_alert_failure_returns_false_and_is_retried_later(local: tuple[str
         assert n.notify_owner(alert("9")) is True
         assert n.notify_owner(alert("9")) is True
     assert len(recorder.hooks()) == 1
+
+
+def test_a_commit_held_by_a_freeze_window_reports_pending() -> None:
+    from reconciler.apply import FreezeHeld
+    from reconciler.notify import GITHUB_STATES, outcome_from_apply
+
+    outcome = outcome_from_apply("a" * 40, FreezeHeld("held until the freeze window ends"))
+    assert outcome.result == "held" and GITHUB_STATES[outcome.result] == "pending"
