@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from . import audit
-from .audience.reach import select_audience, user_in_audience
+from .audience.reach import live_allowance, user_in_audience
 from .audience.records import EventRecord, Member
 from .loading import DesiredState
 from .models import Campaign
@@ -97,13 +97,13 @@ def enqueue_live(rt: Runtime, state: DesiredState, campaign: Campaign, member: M
     if not user_in_audience(rt.audience, campaign, state, member.user_id, now):
         return "not_in_audience"
     day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    selection = select_audience(rt.audience, campaign, state, now, seed=0,
-                                already_sent_today=rt.store.campaign_sent_count(campaign.name, since=day_start),
-                                sent_total=rt.store.campaign_sent_count(campaign.name))
-    if selection.complete:
+    allowance = live_allowance(campaign,
+                               already_sent_today=rt.store.campaign_sent_count(campaign.name, since=day_start),
+                               sent_total=rt.store.campaign_sent_count(campaign.name))
+    if allowance.complete:
         _complete(rt, campaign)
         return "campaign_completed"
-    if selection.remaining is not None and selection.remaining <= 0:
+    if allowance.remaining is not None and allowance.remaining <= 0:
         return "daily_limit"
     slots = {member.timezone: ZoneSlot(member.timezone, send_at, send_at, "scheduled")}
     items = plan_outbox_items(rt, state, campaign, [member], slots, key=lambda _m: key, run=None, now=now,

@@ -15,7 +15,7 @@ from .diagnostics import Diagnostic, Severity
 from .models import Campaign, Provider
 from .models.campaign import TimezoneSpec
 from .models.provider import GenericHttpSpec, Msg91Spec, TwilioSpec, VonageSpec
-from .render import TemplateError, referenced_paths
+from .render import template_problems
 
 if TYPE_CHECKING:
     from .loading import DesiredState, LoadedDocument
@@ -165,27 +165,10 @@ def _check_template_id(state: DesiredState, doc: LoadedDocument, campaign: Campa
 
 
 def _check_templates(doc: LoadedDocument, campaign: Campaign) -> Iterator[Diagnostic]:
-    message = campaign.spec.message
-    linked_names = {source.name for source in message.linkedContent}
-    sources: list[tuple[list[str | int], str]] = [(["spec", "message", "body"], message.body)]
-    sources += [(["spec", "message", "templateVariables", i], "{{ " + v + " }}" if "{" not in v else v)
-                for i, v in enumerate(message.templateVariables)]
-    sources += [(["spec", "message", "linkedContent", i, "url"], s.url) for i, s in enumerate(message.linkedContent)]
-    for loc, source in sources:
-        try:
-            paths = referenced_paths(source)
-        except TemplateError as exc:
-            yield _diag(doc, loc, f"template does not parse: {str(exc).splitlines()[0]}")
-            continue
-        for path in sorted(paths):
-            root, _, rest = path.partition(".")
-            if root == "event" and campaign.spec.type != "live":
-                yield _diag(doc, loc, f"'{path}' needs an event, but past_behavior campaigns have none", "warning")
-            elif root == "linked" and rest.split(".")[0] not in linked_names:
-                yield _diag(doc, loc, f"'{path}' refers to linked content that is not declared", "warning")
-            elif root not in ("user", "event", "campaign", "linked"):
-                yield _diag(doc, loc, f"'{path}' is not supplied by the audience "
-                                      "(use user.*, event.*, campaign.* or linked.*)", "warning")
+    """Templates that do not parse are errors; variables the audience cannot supply are warnings."""
+    for problem in template_problems(campaign):
+        severity: Severity = "error" if problem.message.startswith("template does not parse") else "warning"
+        yield _diag(doc, problem.field, problem.message, severity)
 
 
 def _check_settings(state: DesiredState) -> Iterator[Diagnostic]:

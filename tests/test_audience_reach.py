@@ -24,8 +24,6 @@ from reconciler.audience import (
     Member,
     UnknownSegmentError,
     campaign_rules,
-    cap_allows,
-    effective_daily_cap,
     in_reach_sample,
     live_allowance,
     safety_check,
@@ -219,25 +217,3 @@ def test_safety_check_boundaries() -> None:
     assert safety_check(6, own, None).blocked
 
 
-# -- frequency caps ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("override", "global_cap", "expected"), [
-    (None, 3, 3),
-    (None, None, None),
-    ({"perDay": 1}, 3, 1),
-    ({"perDay": 5}, 3, 5),
-    ({"ignoreGlobal": True}, 3, None),
-    ({"ignoreGlobal": True, "perDay": 2}, 3, 2),
-    ({"perDay": 2}, None, 2),
-])
-def test_effective_daily_cap(override: dict[str, Any] | None, global_cap: int | None, expected: int | None) -> None:
-    campaign = make_campaign("c", **({"frequencyCap": override} if override else {}))
-    settings = make_settings(**({"frequencyCap": {"perDay": global_cap}} if global_cap else {}))
-    assert effective_daily_cap(campaign, settings) == expected
-
-
-def test_cap_allows() -> None:
-    assert cap_allows(None, 100)
-    assert cap_allows(3, 2)
-    assert not cap_allows(3, 3)

@@ -63,7 +63,7 @@ def test_campaign_checks() -> None:
         "bad-campaign.yaml:14:5: Campaign/bad-campaign: spec.audience.segment: unknown segment 'no-such-segment'",
         "bad-campaign.yaml:16:5: Campaign/bad-campaign: spec.message.body: template does not parse",
         "bad-campaign.yaml:17:3: Campaign/bad-campaign: spec.providerGroup: unknown provider group 'no-such-group'",
-        "warning: Campaign/bad-campaign-2: spec.message.body: 'coupon' is not supplied by the audience",
+        "warning: Campaign/bad-campaign-2: spec.message.body: 'coupon' is not defined (use user.*, event.*",
         "warning: Campaign/bad-campaign-2: spec.message.body: 'event.sku' needs an event",
         "Campaign/bad-campaign-2: metadata.name: duplicate Campaign name; first defined at",
     ]:

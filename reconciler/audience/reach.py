@@ -90,25 +90,6 @@ def safety_check(qualified: int, campaign: Campaign, settings: Settings | Settin
                          source)
 
 
-def effective_daily_cap(campaign: Campaign, settings: Settings | SettingsSpec | None) -> int | None:
-    """Messages a user may have received today (all campaigns) for this campaign to still send.
-
-    The campaign's frequencyCap.perDay overrides the global Settings frequencyCap.perDay;
-    ignoreGlobal without a perDay means no cap. None = uncapped. The caller counts deliveries.
-    """
-    override = campaign.spec.frequencyCap
-    if override is not None and override.perDay is not None:
-        return override.perDay
-    if override is not None and override.ignoreGlobal:
-        return None
-    global_cap = _settings_spec(settings).frequencyCap
-    return global_cap.perDay if global_cap is not None else None
-
-
-def cap_allows(cap: int | None, sent_today: int) -> bool:
-    return cap is None or sent_today < cap
-
-
 @dataclass(frozen=True)
 class AppliedLimit:
     name: Literal["reachPercent", "subset", "dailyLimit", "runLimit"]
