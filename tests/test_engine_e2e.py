@@ -175,3 +175,23 @@ def test_secrets_never_reach_outputs(world: DemoWorld) -> None:
     for secret in DEMO_SECRETS.values():
         assert secret not in audit_text
         assert secret not in metrics
+
+
+def test_catch_up_after_downtime_sends_a_recent_missed_run(world: DemoWorld) -> None:
+    store = world.engine.rt.store
+    world.step()
+    world.clock.set(datetime(2026, 12, 1, 19, 0, tzinfo=UTC))  # the daemon was down from 08:00 to 19:00
+    world.step(sync=False)
+    [run] = store.list_runs(campaign="promo")
+    assert run.status in ("sending", "done") and run.enqueued > 0
+    assert len(mock_messages(world)) == run.enqueued  # policy latest, 2 h late < maxAge 6 h
+
+
+def test_catch_up_drops_a_run_missed_by_more_than_max_age(world: DemoWorld) -> None:
+    store = world.engine.rt.store
+    world.step()
+    world.clock.set(datetime(2026, 12, 2, 0, 30, tzinfo=UTC))  # 7.5 h late > maxAge 6 h
+    world.step(sync=False)
+    runs = store.list_runs(campaign="promo")
+    assert [r.status for r in runs] == ["skipped"]
+    assert mock_messages(world) == []
