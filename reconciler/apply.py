@@ -23,7 +23,7 @@ from . import audit
 from .clock import Clock
 from .gitsource import CommitSnapshot
 from .loading import DesiredState
-from .models import KINDS, Campaign, Provider, ProviderGroup, Segment, Settings
+from .models import KINDS, Campaign, Settings
 from .plan import Plan, ReachEstimator, compute_plan
 from .scheduling.guards import ActiveFreeze, active_freeze
 from .secrets import redact
@@ -282,18 +282,9 @@ def desired_from_applied(applied: AppliedState) -> DesiredState:
     state = DesiredState()
     for (kind, _), obj in sorted(applied.objects.items()):
         model = KINDS[kind].model_validate(obj.spec)
-        if isinstance(model, Campaign):
-            if model.spec.paused != obj.paused:
-                model = model.model_copy(update={"spec": model.spec.model_copy(update={"paused": obj.paused})})
-            state.campaigns[model.name] = model
-        elif isinstance(model, Provider):
-            state.providers[model.name] = model
-        elif isinstance(model, ProviderGroup):
-            state.groups[model.name] = model
-        elif isinstance(model, Segment):
-            state.segments[model.name] = model
-        elif isinstance(model, Settings):
-            state.settings = model
+        if isinstance(model, Campaign) and model.spec.paused != obj.paused:
+            model = model.model_copy(update={"spec": model.spec.model_copy(update={"paused": obj.paused})})
+        state.add(model)
     return state
 
 

@@ -288,6 +288,19 @@ class DesiredState:
             self._found = (id(docs), len(docs), index)
         return self._found[2].get((kind, name))
 
+    def add(self, model: Document) -> None:
+        """Index one object under its kind (a later Settings replaces the earlier one)."""
+        if isinstance(model, Provider):
+            self.providers[model.name] = model
+        elif isinstance(model, ProviderGroup):
+            self.groups[model.name] = model
+        elif isinstance(model, Campaign):
+            self.campaigns[model.name] = model
+        elif isinstance(model, Segment):
+            self.segments[model.name] = model
+        elif isinstance(model, Settings):
+            self.settings = model
+
     def default_group(self) -> ProviderGroup | None:
         return next((g for g in self.groups.values() if g.spec.default), None)
 
@@ -466,16 +479,6 @@ def _index(state: DesiredState) -> list[Diagnostic]:
             continue
         seen[key] = doc
         kept.append(doc)
-        model = doc.model
-        if isinstance(model, Provider):
-            state.providers[doc.name] = model
-        elif isinstance(model, ProviderGroup):
-            state.groups[doc.name] = model
-        elif isinstance(model, Campaign):
-            state.campaigns[doc.name] = model
-        elif isinstance(model, Segment):
-            state.segments[doc.name] = model
-        elif isinstance(model, Settings):
-            state.settings = model
+        state.add(doc.model)
     state.documents = kept
     return problems

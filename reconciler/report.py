@@ -77,8 +77,9 @@ def build_report(store: StateStore, audience: AudienceStore | None, state: Desir
             for name in names]
 
 
-def _campaign_report(store: StateStore, audience: AudienceStore | None, campaign: Campaign | None,
-                     state_providers: Mapping[str, Provider], name: str, now: datetime) -> CampaignReport:
+def delivery_report(store: StateStore, name: str) -> CampaignReport:
+    """A campaign's counts from the store's grouped counts alone (no message scan): costs and
+    conversions are added from one scan of the sent messages."""
     counts = store.delivery_counts(campaign=name)
     total = Tally()
     by_provider: dict[str, Tally] = defaultdict(Tally)
@@ -94,12 +95,19 @@ def _campaign_report(store: StateStore, audience: AudienceStore | None, campaign
         by_run[run.id].targeted = run.targeted
     live_rows = sum(row.count for row in counts if row.run_id is None)  # live messages have no run
     total.targeted = sum(r.targeted for r in runs) + live_rows
-    sent_rows = store.list_outbox(campaign=name, statuses=["sent"], limit=SENT_SCAN_LIMIT)
-    add_costs(sent_rows, state_providers, total, by_provider)
-    if audience is not None and campaign is not None and campaign.spec.conversion is not None:
-        count_conversions(sent_rows, audience, campaign, now, total, by_run)
     run_reports = [RunReport(r.id, r.scheduled_for.isoformat(), r.status, r.reason, by_run[r.id]) for r in runs]
     return CampaignReport(name, len(runs), total, run_reports, dict(by_provider))
+
+
+def _campaign_report(store: StateStore, audience: AudienceStore | None, campaign: Campaign | None,
+                     state_providers: Mapping[str, Provider], name: str, now: datetime) -> CampaignReport:
+    report = delivery_report(store, name)
+    sent_rows = store.list_outbox(campaign=name, statuses=["sent"], limit=SENT_SCAN_LIMIT)
+    add_costs(sent_rows, state_providers, report.tally, report.by_provider)
+    if audience is not None and campaign is not None and campaign.spec.conversion is not None:
+        by_run = defaultdict(Tally, {run.run_id: run.tally for run in report.by_run})
+        count_conversions(sent_rows, audience, campaign, now, report.tally, by_run)
+    return report
 
 
 def add_costs(rows: Sequence[OutboxRow], providers: Mapping[str, Provider], total: Tally,

@@ -21,7 +21,14 @@ from ..audit import KNOWN_ACTIONS
 from ..loading import DesiredState
 from ..models import Campaign
 from ..models.campaign import Schedule, Trigger
-from ..report import SENT_SCAN_LIMIT, CampaignReport, RunReport, Tally, add_costs, count_conversions
+from ..report import (
+    SENT_SCAN_LIMIT,
+    CampaignReport,
+    Tally,
+    add_costs,
+    count_conversions,
+    delivery_report,
+)
 from ..scheduler import campaign_window, runs_between, uses_user_timezone
 from ..secrets import redact
 from ..store.base import (
@@ -342,28 +349,6 @@ def timeline_and_providers(rows: Sequence[OutboxRow], audience: AudienceStore | 
 
 def campaign_row(store: StateStore, cache: DesiredCache, name: str, now: datetime) -> CampaignRow | None:
     return next((r for r in campaign_rows(store, cache, now) if r.name == name), None)
-
-
-def delivery_report(store: StateStore, name: str) -> CampaignReport:
-    """herald report's counts for one campaign from grouped counts alone (no message scan; costs and
-    conversions are added by the caller's single scan)."""
-    counts = store.delivery_counts(campaign=name)
-    total = Tally()
-    by_run: dict[int, Tally] = defaultdict(Tally)
-    by_provider: dict[str, Tally] = defaultdict(Tally)
-    for count in counts:
-        total.add(count)
-        if count.run_id is not None:
-            by_run[count.run_id].add(count)
-        if count.provider:
-            by_provider[count.provider].add(count)
-    runs = store.list_runs(campaign=name, limit=10_000)
-    for run in runs:
-        by_run[run.id].targeted = run.targeted
-    live = sum(c.count for c in counts if c.run_id is None)  # live messages have no run
-    total.targeted = sum(r.targeted for r in runs) + live
-    run_reports = [RunReport(r.id, r.scheduled_for.isoformat(), r.status, r.reason, by_run[r.id]) for r in runs]
-    return CampaignReport(name, len(runs), total, run_reports, by_provider)
 
 
 def campaign_detail(store: StateStore, audience: AudienceStore | None, cache: DesiredCache, name: str,
