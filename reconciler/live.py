@@ -71,11 +71,11 @@ def _handle_one(rt: Runtime, state: DesiredState, campaign: Campaign, event: Eve
                                member.timezone if member else None, user_id=event.user_id, event_id=eid,
                                settings=state.settings, now=now)
     if isinstance(action, CancelTimers):
-        rt.store.cancel_timers(campaign.name, event.user_id)
+        _cancel(rt, action)
         return "timers_cancelled"
     if isinstance(action, StartTimer):
         if action.cancel_first is not None:
-            rt.store.cancel_timers(campaign.name, event.user_id)
+            _cancel(rt, action.cancel_first)
         context = {"event": event_context(event), "started_at": action.started_at.isoformat()}
         rt.store.add_timer(campaign.name, event.user_id, action.fire_at, action.key, context)
         return "timer_started"
@@ -86,6 +86,12 @@ def _handle_one(rt: Runtime, state: DesiredState, campaign: Campaign, event: Eve
         return enqueue_live(rt, state, campaign, member, send_at=send_at, event=event_context(event),
                             key=idempotency_key("live", campaign.name, event.user_id, eid))
     return action.kind
+
+
+def _cancel(rt: Runtime, action: CancelTimers) -> None:
+    """Cancel only the timers the missing event answers: started within `within` before it."""
+    fire_between = (action.started_from + action.within, action.started_until + action.within)
+    rt.store.cancel_timers(action.campaign, action.user_id, fire_between=fire_between)
 
 
 def enqueue_live(rt: Runtime, state: DesiredState, campaign: Campaign, member: Member, *, send_at: datetime,

@@ -164,3 +164,15 @@ def test_a_dead_workers_claim_is_resent_once_with_the_same_key(world: DemoWorld)
     assert store.complete("dead-worker", []) == []
     [row] = store.list_outbox(campaign="welcome")
     assert row.status == "sent" and row.claimed_by != "dead-worker"
+
+
+def test_a_late_purchase_does_not_cancel_a_newer_carts_timer(world: DemoWorld) -> None:
+    now = world.clock.now()
+    old_cart = {"user_id": "u00007", "name": "added_to_cart", "ts": (now - timedelta(minutes=20)).isoformat(),
+                "item": "old"}
+    new_cart = {"user_id": "u00007", "name": "added_to_cart", "ts": now.isoformat(), "item": "new"}
+    ingest(world, new_cart, old_cart)  # the old cart arrives late; its timer is already due
+    purchase = {"user_id": "u00007", "name": "purchase", "ts": (now - timedelta(minutes=18)).isoformat()}
+    ingest(world, purchase)  # answers the old cart (within 5 min of it), not the new one
+    world.advance_to(now + timedelta(minutes=6), every=timedelta(minutes=1))
+    assert [m["body"] for m in received(world)] == ["Your new is waiting"]

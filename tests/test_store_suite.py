@@ -454,6 +454,16 @@ def test_timers_unique_cancel_and_claim(store: StateStore, clock: FakeClock) -> 
     assert again.id == due[1].id and again.context == due[1].context
 
 
+def test_cancel_timers_by_fire_time_range(store: StateStore, clock: FakeClock) -> None:
+    now = clock.now()
+    for minutes, key in ((5, "a"), (10, "b"), (15, "c")):
+        store.add_timer("cart", "u1", now + timedelta(minutes=minutes), key)
+    window = (now + timedelta(minutes=5), now + timedelta(minutes=10))  # inclusive at both ends
+    assert store.cancel_timers("cart", "u1", fire_between=window) == 2
+    clock.advance(timedelta(minutes=20))
+    assert [t.key for t in store.due_timers("w", clock.now(), 10, LEASE)] == ["c"]
+
+
 # ------------------------------------------------------------------ bookkeeping
 
 

@@ -651,13 +651,17 @@ class SqlStateStore(StateStore):
                 " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT (campaign, key) DO NOTHING",
                 (campaign, user_id, key, self._ts(fire_at), self._js(dict(context or {})), now, now)) == 1
 
-    def cancel_timers(self, campaign: str, user_id: str, key_prefix: str | None = None) -> int:
+    def cancel_timers(self, campaign: str, user_id: str, key_prefix: str | None = None,
+                      fire_between: tuple[datetime, datetime] | None = None) -> int:
         sql = ("UPDATE timers SET status = 'cancelled', updated_at = ?"
                " WHERE campaign = ? AND user_id = ? AND status = 'pending'")
         params: list[Any] = [self._now(), campaign, user_id]
         if key_prefix:
             sql += " AND key LIKE ? ESCAPE '\\'"
             params.append(_like_prefix(key_prefix))
+        if fire_between is not None:
+            sql += " AND fire_at >= ? AND fire_at <= ?"
+            params += [self._ts(fire_between[0]), self._ts(fire_between[1])]
         with self._transaction(write=True) as tx:
             return tx.run(sql, params)
 

@@ -490,8 +490,10 @@ class StateStore(ABC):
         """Insert-or-ignore by (campaign, key); True when new."""
 
     @abstractmethod
-    def cancel_timers(self, campaign: str, user_id: str, key_prefix: str | None = None) -> int:
-        """Cancel the user's pending timers of a campaign (optionally only keys with a prefix)."""
+    def cancel_timers(self, campaign: str, user_id: str, key_prefix: str | None = None,
+                      fire_between: tuple[datetime, datetime] | None = None) -> int:
+        """Cancel the user's pending timers of a campaign (optionally only keys with a prefix, and only
+        timers whose fire_at lies in the inclusive range `fire_between`)."""
 
     @abstractmethod
     def due_timers(self, worker_id: str, now: datetime, limit: int, lease: timedelta) -> list[Timer]:
