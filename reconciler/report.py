@@ -122,18 +122,23 @@ def add_costs(rows: Sequence[OutboxRow], providers: Mapping[str, Provider], tota
             tally.cost[currency] = round(tally.cost.get(currency, 0.0) + row.cost, 6)
 
 
+def converted_row_ids(rows: Sequence[OutboxRow], audience: AudienceStore, campaign: Campaign,
+                      now: datetime) -> set[int]:
+    """Ids of the sent messages whose user did the goal event within the window after the send
+    (batched in the audience store: a few queries, not one per message)."""
+    goal = campaign.spec.conversion
+    assert goal is not None
+    pairs = ((str(row.id), row.user_id, row.sent_at) for row in rows if row.sent_at is not None)
+    keys = audience.converted_keys(pairs, goal.event, goal.within, goal.where, now)
+    return {int(key) for key in keys}
+
+
 def count_conversions(rows: Sequence[OutboxRow], audience: AudienceStore, campaign: Campaign, now: datetime,
                        total: Tally, by_run: dict[int, Tally]) -> None:
     """A sent message converts when its user does the goal event within the window after the send."""
-    goal = campaign.spec.conversion
-    assert goal is not None
+    converted = converted_row_ids(rows, audience, campaign, now)
     for row in rows:
-        if row.sent_at is None:
-            continue
-        window_end = min(now, row.sent_at + goal.within)
-        if window_end <= row.sent_at:
-            continue
-        if audience.count_events(row.user_id, goal.event, now=window_end, since=row.sent_at, where=goal.where):
+        if row.id in converted:
             total.converted += 1
             if row.run_id is not None:
                 by_run[row.run_id].converted += 1

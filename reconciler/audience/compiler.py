@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from ..models.common import parse_duration
@@ -89,6 +89,8 @@ def _literal(text: str) -> str:
 
 
 JsonKind = Literal["string", "array", "object"]
+ColumnType = Literal["text", "timestamptz"]
+Moment = datetime | Fragment  # a fixed instant, or a per-row SQL expression (a column of a VALUES-like source)
 
 
 class Dialect:
@@ -116,6 +118,12 @@ class Dialect:
         return expr
 
     def hash32(self, expr: Fragment) -> Fragment:
+        raise NotImplementedError
+
+    def unnest(self, alias: str, columns: Sequence[tuple[str, ColumnType]],
+               arrays: Sequence[Sequence[Any]]) -> Fragment:
+        """A table `alias(columns…)` from equally long arrays, one bound array parameter per column:
+        the query text stays the same whatever the number of rows."""
         raise NotImplementedError
 
     def finish(self, fragment: Fragment) -> tuple[str, tuple[Any, ...]]:
@@ -153,6 +161,15 @@ class DuckDBDialect(Dialect):
     def hash32(self, expr: Fragment) -> Fragment:
         return wrap("CAST(('0x' || substr(md5({}), 1, 8)) AS BIGINT)", expr)
 
+    _TYPES: dict[ColumnType, str] = {"text": "VARCHAR", "timestamptz": "TIMESTAMPTZ"}
+
+    def unnest(self, alias: str, columns: Sequence[tuple[str, ColumnType]],
+               arrays: Sequence[Sequence[Any]]) -> Fragment:
+        # several unnest() in one SELECT list advance together (row i of every array)
+        items = [frag(f"unnest(?::{self._TYPES[kind]}[]) AS {name}", list(values))
+                 for (name, kind), values in zip(columns, arrays, strict=True)]
+        return wrap(f"(SELECT {{}}) AS {alias}", join(", ", items))
+
 
 class PostgresDialect(Dialect):
     name = "postgres"
@@ -185,6 +202,12 @@ class PostgresDialect(Dialect):
 
     def hash32(self, expr: Fragment) -> Fragment:
         return wrap("CAST(CAST(('x' || substr(md5({}), 1, 8)) AS bit(32)) AS bigint)", expr)
+
+    def unnest(self, alias: str, columns: Sequence[tuple[str, ColumnType]],
+               arrays: Sequence[Sequence[Any]]) -> Fragment:
+        items = [frag(f"?::{kind}[]", list(values)) for (_, kind), values in zip(columns, arrays, strict=True)]
+        names = ", ".join(name for name, _ in columns)
+        return wrap(f"unnest({{}}) AS {alias}({names})", join(", ", items))
 
     def finish(self, fragment: Fragment) -> tuple[str, tuple[Any, ...]]:
         return fragment.sql.replace("?", "%s"), fragment.params
@@ -262,6 +285,17 @@ def _could_be_container(text: str | None) -> bool:
     return text is None or text == "" or text[0] in "[{"
 
 
+def _moment(now: Moment) -> Fragment:
+    return now if isinstance(now, Fragment) else param(now)
+
+
+def _cutoff(now: Moment, ago: timedelta) -> Fragment:
+    """`now - ago`: computed here for a fixed instant, in SQL (interval arithmetic, UTC) per row."""
+    if isinstance(now, Fragment):
+        return wrap("({} - {})", now, param(ago))
+    return param(now - ago)
+
+
 def _timestamp_value(value: Any, op: str) -> datetime:
     moment = as_timestamp(value)
     if moment is None:
@@ -274,14 +308,14 @@ class Compiler:
         self.d = dialect
 
     # -- property predicates ------------------------------------------------------------
-    def predicate(self, pred: PropertyPredicate, field: FieldRef, now: datetime) -> Fragment:
+    def predicate(self, pred: PropertyPredicate, field: FieldRef, now: Moment) -> Fragment:
         if pred.op in ("ne", "not_in", "not_exists"):
             positive = {"ne": "eq", "not_in": "in", "not_exists": "exists"}[pred.op]
             inner = self.predicate(pred.model_copy(update={"op": positive}), field, now)
             return wrap("(NOT {})", inner)
         return wrap("COALESCE(({}), FALSE)", self._positive(pred, field, now))
 
-    def _positive(self, pred: PropertyPredicate, field: FieldRef, now: datetime) -> Fragment:
+    def _positive(self, pred: PropertyPredicate, field: FieldRef, now: Moment) -> Fragment:
         op, value, d = pred.op, pred.value, self.d
         if op == "exists":
             return field.present(d)
@@ -299,11 +333,11 @@ class Compiler:
             sign = "<" if op == "before" else ">"
             return wrap(f"{{}} {sign} {{}}", field.timestamp(d), param(_timestamp_value(value, op)))
         if op in ("within_last", "more_than_ago"):
-            cutoff = now - parse_duration(str(value))
+            cutoff, moment = _cutoff(now, parse_duration(str(value))), _moment(now)
             ts = field.timestamp(d)
             if op == "within_last":
-                return wrap("({} >= {} AND {} <= {})", ts, param(cutoff), ts, param(now))
-            return wrap("{} < {}", ts, param(cutoff))
+                return wrap("({} >= {} AND {} <= {})", ts, cutoff, ts, moment)
+            return wrap("{} < {}", ts, cutoff)
         if field.kind == "timestamp":
             raise PredicateError(f"'{op}' does not apply to created_at")
         if op == "contains":
@@ -380,6 +414,17 @@ class Compiler:
             parts.append(frag("e.ts >= ?", since))
         parts.extend(self.predicate(p, event_field(p.name), now) for p in where)
         return join(" AND ", parts)
+
+    def converted(self, pairs: Fragment, name: str, where: Sequence[PropertyPredicate]) -> Fragment:
+        """Keys of `pairs` (pair_key, user_id, window_start, window_end) whose user did `name` in
+        [window_start, window_end] matching `where` — each row judged as count_events(…, since=
+        window_start, now=window_end) judges it, so relative filters are relative to window_end."""
+        until = Fragment("p.window_end")
+        parts = [Fragment("e.user_id = p.user_id"), frag("e.name = ?", name),
+                 Fragment("e.ts >= p.window_start"), Fragment("e.ts <= p.window_end")]
+        parts.extend(self.predicate(p, event_field(p.name), until) for p in where)
+        return wrap("SELECT p.pair_key FROM {} WHERE EXISTS (SELECT 1 FROM events e WHERE {})",
+                    pairs, join(" AND ", parts))
 
     def event(self, pred: EventPredicate, now: datetime, joins: list[Fragment]) -> Fragment:
         """Users whose count of matching events is in [atLeast, atMost].

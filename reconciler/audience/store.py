@@ -11,16 +11,19 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Literal
 
 from ..models.segment import PropertyPredicate
-from .compiler import MEMBER_COLUMNS, Compiler, Dialect, Fragment, Rule, frag, param, wrap
+from .compiler import MEMBER_COLUMNS, ColumnType, Compiler, Dialect, Fragment, Rule, frag, param, wrap
 from .records import EventRecord, Member, UserRecord
 
 Order = Literal["none", "id", "random", "created"]  # none: engine order, no sort (least memory)
 DEFAULT_BATCH = 1000
+CONVERSION_CHUNK = 5000  # (key, user, sent_at) pairs per conversion query
+PAIR_COLUMNS: tuple[tuple[str, ColumnType], ...] = (
+    ("pair_key", "text"), ("user_id", "text"), ("window_start", "timestamptz"), ("window_end", "timestamptz"))
 
 
 class AudienceStoreError(RuntimeError):
@@ -218,6 +221,35 @@ class AudienceStore(ABC):
         rows = self._fetchall(wrap("SELECT count(*) FROM events e WHERE e.user_id = {} AND {}",
                                    param(user_id), condition))
         return int(rows[0][0])
+
+    def converted_keys(self, pairs: Iterable[tuple[str, str, datetime]], event: str, within: timedelta,
+                       where: Sequence[PropertyPredicate], now: datetime, *,
+                       chunk_size: int = CONVERSION_CHUNK) -> set[str]:
+        """Keys of the (key, user_id, sent_at) pairs whose user did `event` (matching `where`) in
+        [sent_at, min(sent_at + within, now)] — one query per `chunk_size` pairs.
+
+        Exactly `count_events(user_id, event, since=sent_at, now=window_end, where=where) > 0` per
+        pair (relative `where` filters are judged at the window's end); a pair whose window has not
+        opened yet (end not after sent_at) never converts."""
+        found: set[str] = set()
+        chunk: list[tuple[str, str, datetime, datetime]] = []
+        for key, user_id, sent_at in pairs:
+            window_end = min(now, sent_at + within)
+            if window_end <= sent_at:
+                continue
+            chunk.append((key, user_id, sent_at, window_end))
+            if len(chunk) >= chunk_size:
+                found.update(self._converted_chunk(chunk, event, where))
+                chunk = []
+        if chunk:
+            found.update(self._converted_chunk(chunk, event, where))
+        return found
+
+    def _converted_chunk(self, chunk: Sequence[tuple[str, str, datetime, datetime]], event: str,
+                         where: Sequence[PropertyPredicate]) -> list[str]:
+        columns = [list(column) for column in zip(*chunk, strict=True)]
+        source = self.dialect.unnest("p", PAIR_COLUMNS, columns)
+        return [str(row[0]) for row in self._fetchall(self.compiler.converted(source, event, where))]
 
     def events_for(self, user_id: str, name: str, since: datetime | None, *, now: datetime,
                    limit: int = 1000) -> list[EventRecord]:

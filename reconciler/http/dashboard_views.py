@@ -26,7 +26,7 @@ from ..report import (
     CampaignReport,
     Tally,
     add_costs,
-    count_conversions,
+    converted_row_ids,
     delivery_report,
 )
 from ..scheduler import campaign_window, runs_between, uses_user_timezone
@@ -330,20 +330,19 @@ def timeline_and_providers(rows: Sequence[OutboxRow], audience: AudienceStore | 
     timeline = empty_timeline(min(times), max(times))
     index = {b.start: b for b in timeline.buckets}
     providers: dict[str, Tally] = defaultdict(Tally)
-    groups: dict[tuple[datetime, str], list[OutboxRow]] = defaultdict(list)
+    converted: set[int] = set()
+    if audience is not None and campaign is not None and campaign.spec.conversion is not None:
+        converted = converted_row_ids([r for r in rows if r.status == "sent"], audience, campaign, now)
     for row, moment in zip(rows, times, strict=True):
         start = bucket_start(moment, timeline.unit)
         provider = row.provider or "(none)"
         index[start].tally.add(_as_count(row))
         providers[provider].add(_as_count(row))
-        if row.status == "sent":
-            groups[(start, provider)].append(row)
-    if audience is not None and campaign is not None and campaign.spec.conversion is not None:
-        for (start, provider), sent_rows in groups.items():
-            converted = Tally()
-            count_conversions(sent_rows, audience, campaign, now, converted, run_tallies)
-            index[start].tally.converted += converted.converted
-            providers[provider].converted += converted.converted
+        if row.id in converted:
+            index[start].tally.converted += 1
+            providers[provider].converted += 1
+            if row.run_id is not None:
+                run_tallies.setdefault(row.run_id, Tally()).converted += 1
     return timeline, dict(providers)
 
 
