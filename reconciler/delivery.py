@@ -232,7 +232,10 @@ class DeliveryWorker:
         final = [*early, *fresh]
         for row in retry:
             result = by_key[row.idempotency_key]
-            backoff = DEFER_DELAY if result.attempts == 0 else RETRY_BASE * (2 ** max(0, row.claim_count - 1))
+            if result.attempts == 0:  # deferred; with every circuit open, until one lets a probe through
+                backoff = max(DEFER_DELAY, timedelta(seconds=result.retry_after or 0))
+            else:
+                backoff = RETRY_BASE * (2 ** max(0, row.claim_count - 1))
             error = result.error
             await asyncio.to_thread(self.rt.store.release, self.rt.worker_id, [row.id],
                                     retry_at=now + backoff, error=error)

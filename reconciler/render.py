@@ -21,7 +21,7 @@ from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
 
 from liquid import BoundTemplate, Environment, FalsyStrictUndefined, Undefined
-from liquid.exceptions import LiquidError
+from liquid.exceptions import LiquidError, TemplateNotFoundError
 from liquid.stringify import to_liquid_string
 
 from .encoding import SmsEncoding, analyze
@@ -345,6 +345,10 @@ def template_problems(campaign: Campaign, *, user_properties: Collection[str] | 
     for location, source in campaign_templates(campaign):
         try:
             analysis = compile_for_send(source).analyze()
+        except TemplateNotFoundError as exc:  # analysis follows {% include %}/{% render %}: nothing to load
+            problems.append(TemplateProblem(location, f"template does not parse: {str(exc).splitlines()[0]}: "
+                                                      "templates cannot include or render other templates or files"))
+            continue
         except (TemplateError, LiquidError) as exc:
             problems.append(TemplateProblem(location, f"template does not parse: {str(exc).splitlines()[0]}"))
             continue

@@ -61,7 +61,7 @@ metadata: {name: main}
 spec:
   default: true
   providers: [tw, vn]
-  circuitBreaker: {failureThreshold: 3, cooldownSeconds: COOLDOWN}
+  circuitBreaker: {failureThreshold: THRESHOLD, cooldownSeconds: COOLDOWN}
 """
 
 SETTINGS_YAML = """apiVersion: herald/v1
@@ -88,8 +88,9 @@ spec:
 """
 
 
-def providers_yaml(timeout: float = 5.0, cooldown: float = 2.0) -> str:
-    return PROVIDERS_YAML.replace("TIMEOUT", f"{timeout:g}").replace("COOLDOWN", f"{cooldown:g}")
+def providers_yaml(timeout: float = 5.0, cooldown: float = 2.0, threshold: int = 3) -> str:
+    return (PROVIDERS_YAML.replace("TIMEOUT", f"{timeout:g}").replace("COOLDOWN", f"{cooldown:g}")
+            .replace("THRESHOLD", str(threshold)))
 
 
 def campaign_yaml(name: str, when: datetime, cohort: str = COHORT, *, everyone: bool = False) -> str:

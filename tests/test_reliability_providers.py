@@ -33,8 +33,9 @@ FIRE = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 USERS = 30
 
 
-def files(*, timeout: float = 5.0, cooldown: float = 30.0, campaigns: int = 1) -> dict[str, str]:
-    found = {"providers/providers.yaml": providers_yaml(timeout, cooldown), "campaigns/settings.yaml": SETTINGS_YAML}
+def files(*, timeout: float = 5.0, cooldown: float = 30.0, campaigns: int = 1, threshold: int = 3) -> dict[str, str]:
+    found = {"providers/providers.yaml": providers_yaml(timeout, cooldown, threshold),
+             "campaigns/settings.yaml": SETTINGS_YAML}
     for index in range(campaigns):
         name = f"blast{index}"
         found[f"campaigns/{name}.yaml"] = campaign_yaml(name, FIRE + timedelta(hours=index), everyone=True)
@@ -214,19 +215,43 @@ def test_every_provider_down_retries_later_then_delivers_once(world: DemoWorld) 
 
 
 @pytest.mark.parametrize("world", [{"cooldown": 3600.0}], indirect=True)
+def test_while_every_circuit_is_open_messages_wait_for_the_probe_without_churning(world: DemoWorld) -> None:
+    mock = Mock(world.mock_url)
+    mock.fault("twilio", down=True)
+    mock.fault("vonage", down=True)
+    fire(world)  # real attempts fail, both circuits open
+    fire(world, FIRE + timedelta(minutes=10))  # nothing can be attempted: wait for the first probe
+    waiting = rows(world)
+    assert {r.claim_count for r in waiting} == {2}
+    assert {r.last_error for r in waiting} == {"no provider available (all circuits open)"}
+    probe_at = min(r.not_before for r in waiting)
+    assert FIRE + timedelta(minutes=59) <= probe_at <= FIRE + timedelta(minutes=61)  # the 1 h cooldown ends
+    fire(world, FIRE + timedelta(minutes=30))
+    assert {r.claim_count for r in rows(world)} == {2}  # not claimed again meanwhile (no busy loop)
+    assert mock.accepted() == 0
+
+
+@pytest.mark.parametrize("world", [{"threshold": 1000}], indirect=True)
 def test_messages_that_never_get_through_are_recorded_failed_after_the_last_claim(world: DemoWorld) -> None:
     mock = Mock(world.mock_url)
     mock.fault("twilio", down=True)
     mock.fault("vonage", down=True)
+
+    async def no_backoff(seconds: float) -> None:
+        return None
+
+    engine = world.engine  # the router's retry backoff is real time: inject an instant one
+    engine._router = GroupRouter(engine.state, engine.rt.config, world.clock, sleep=no_backoff)
     at = FIRE
-    for _ in range(MAX_CLAIMS + 2):
+    for _ in range(MAX_CLAIMS):
         fire(world, at)
         at += timedelta(minutes=10)  # past every backoff (5 s, 10 s, 20 s, …)
     final = rows(world)
     assert {r.status for r in final} == {"failed"}
     assert {r.claim_count for r in final} == {MAX_CLAIMS}
-    assert all(r.last_error for r in final)
+    assert all("503" in (r.last_error or "") or "Unavailable" in (r.last_error or "") for r in final)
     assert mock.accepted() == 0
+    assert mock.provider_stats("twilio")["requests"] == USERS * MAX_CLAIMS * 3  # 3 attempts per claim, no breaker
 
 
 def test_accepted_messages_are_recorded_while_the_rest_of_the_batch_is_still_retrying(world: DemoWorld) -> None:

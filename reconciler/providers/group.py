@@ -287,13 +287,27 @@ class GroupRouter:
             if not pending:
                 return
             pending = await self._send_provider(provider_name, settings, pending, tally)
-        self._finish(pending, tally)
+        self._finish(pending, tally, probe_in=self._next_probe(group))
 
-    def _finish(self, pending: list[_Pending], tally: _Tally) -> None:
+    def _next_probe(self, group: ProviderGroup) -> float | None:
+        """Seconds until the first of the group's open circuits lets a probe through; None unless
+        every circuit of the group is open."""
+        now, settings = self.clock.now(), group.spec.circuitBreaker
+        waits = []
+        for name in group.spec.providers:
+            breaker = self.breaker(name)
+            if breaker.opened_at is None or breaker.state(now, settings) != "open":
+                return None
+            waits.append(settings.cooldownSeconds - (now - breaker.opened_at).total_seconds())
+        return max(0.0, min(waits)) if waits else None
+
+    def _finish(self, pending: list[_Pending], tally: _Tally, probe_in: float | None = None) -> None:
+        """Settle what is still unsent. Never attempted because every circuit is open: retry_after
+        says when a probe will be let through (so callers wait for it rather than spin)."""
         fallback = ("no provider available (all circuits open)" if tally.time_for(0)
                     else "out of time before the claim ends; retried later")
         for item in pending:
-            error = item.last_error or ProviderError(fallback, retryable=True, scope="provider")
+            error = item.last_error or ProviderError(fallback, retryable=True, scope="provider", retry_after=probe_in)
             tally.settle(result_from(item.last_provider, item.message, error, item.attempts))
 
     async def _send_provider(self, provider_name: str, settings: CircuitBreaker, pending: list[_Pending],
