@@ -154,7 +154,7 @@ def test_count_conversions_totals_and_runs(store: AudienceStore) -> None:  # noq
                        {**event("b", second + timedelta(hours=3)), "properties": {"amount": 80}}])
     rows = [_sent(1, "a", 1, first), _sent(2, "b", 1, first), _sent(3, "a", 2, second), _sent(4, "b", 2, second),
             _sent(5, "b", None, second), _sent(6, "b", 2, None)]
-    total, by_run = Tally(), defaultdict(Tally)
+    total, by_run = Tally(), defaultdict[int, Tally](Tally)
     count_conversions(rows, store, campaign, NOW, total, by_run)
     assert total.converted == 3  # row 1 (a, run 1), row 4 (b, run 2), row 5 (b, live)
     assert {run: tally.converted for run, tally in by_run.items()} == {1: 1, 2: 1}
