@@ -72,7 +72,7 @@ def _load_then_deliver(tmp_path: Path, *, users: int, ingest_seconds: float) -> 
 
 
 def test_bounded_ingest_and_delivery_load(tmp_path: Path) -> None:
-    _load_then_deliver(tmp_path, users=2000, ingest_seconds=2.0)
+    _load_then_deliver(tmp_path, users=1000, ingest_seconds=1.5)
 
 
 @pytest.mark.slow

@@ -181,7 +181,7 @@ def test_the_daemon_process_refuses_linked_content_aimed_at_its_own_port(tmp_pat
         try:
             daemon.wait_healthy()
             daemon.wait_applied(repo.head.commit.hexsha)
-            schedule_soon(repo, daemon, ssrf_campaign)
+            schedule_soon(repo, daemon, ssrf_campaign, seconds=1.0)
             wait_for(lambda: skipped(state_url) == 3, 30, "the campaign's messages to be decided", poll=0.2,
                      on_timeout=daemon.log_tail)
         finally:
