@@ -326,3 +326,17 @@ def test_the_daemon_process_enforces_auth_and_size_limits_on_its_socket(tmp_path
         finally:
             assert daemon.terminate() == 0
     assert "Traceback" not in daemon.log_text()
+
+
+def test_the_dashboard_shows_nothing_without_the_token_or_a_valid_session(surface: Surface) -> None:
+    for path in ("/dashboard/", "/dashboard/audit", "/dashboard/campaigns/blast"):
+        anonymous = surface.client.get(path, follow_redirects=False)
+        assert anonymous.status_code == 303 and "/login" in anonymous.headers["location"]
+        assert surface.client.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        forged = surface.client.get(path, cookies={"herald_session": "9999999999.abc.def"}, follow_redirects=False)
+        assert forged.status_code == 303
+        assert "blast" not in anonymous.text + forged.text
+        assert surface.client.get(path, headers=AUTH).status_code == 200
+    wrong = surface.client.post("/dashboard/login", data={"token": "nope", "next": "/dashboard/"},
+                                follow_redirects=False)
+    assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
