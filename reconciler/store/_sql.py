@@ -308,16 +308,20 @@ class SqlStateStore(StateStore):
         return [self._run(r) for r in rows]
 
     def claim_runs(self, worker_id: str, now: datetime, lease: timedelta, limit: int = 10) -> list[Run]:
+        rows = self._claim_due("runs", "scheduled_for", "planned", "materializing", worker_id, now, lease, limit)
+        return sorted((self._run(r) for r in rows), key=lambda r: (r.scheduled_for, r.id))
+
+    def _claim_due(self, table: str, due_column: str, waiting: str, claimed: str, worker_id: str,
+                   now: datetime, lease: timedelta, limit: int) -> list[Any]:
+        """Claim rows that are due (`waiting` with due_column <= now) or whose claim lease expired."""
         at = self._ts(now)
         with self._transaction(write=True) as tx:
-            rows = tx.rows(
-                "UPDATE runs SET status = 'materializing', claimed_by = ?, lease_until = ?, updated_at = ?"
-                " WHERE id IN (SELECT o.id FROM runs o WHERE"
-                " (o.status = 'planned' AND o.scheduled_for <= ?)"
-                " OR (o.status = 'materializing' AND o.lease_until <= ?)"
-                " ORDER BY o.scheduled_for, o.id LIMIT ?" + self.claim_lock + ") RETURNING *",
+            return tx.rows(
+                f"UPDATE {table} SET status = '{claimed}', claimed_by = ?, lease_until = ?, updated_at = ?"
+                f" WHERE id IN (SELECT o.id FROM {table} o WHERE (o.status = '{waiting}' AND o.{due_column} <= ?)"
+                f" OR (o.status = '{claimed}' AND o.lease_until <= ?)"
+                f" ORDER BY o.{due_column}, o.id LIMIT ?" + self.claim_lock + ") RETURNING *",
                 (worker_id, self._ts(now + lease), at, at, at, limit))
-        return sorted((self._run(r) for r in rows), key=lambda r: (r.scheduled_for, r.id))
 
     def update_run(self, run_id: int, *, status: RunStatus | None = None, targeted: int | None = None,
                    enqueued: int | None = None, counts: Mapping[str, Any] | None = None,
@@ -666,14 +670,7 @@ class SqlStateStore(StateStore):
             return tx.run(sql, params)
 
     def due_timers(self, worker_id: str, now: datetime, limit: int, lease: timedelta) -> list[Timer]:
-        at = self._ts(now)
-        with self._transaction(write=True) as tx:
-            rows = tx.rows(
-                "UPDATE timers SET status = 'claimed', claimed_by = ?, lease_until = ?, updated_at = ?"
-                " WHERE id IN (SELECT o.id FROM timers o WHERE (o.status = 'pending' AND o.fire_at <= ?)"
-                " OR (o.status = 'claimed' AND o.lease_until <= ?)"
-                " ORDER BY o.fire_at, o.id LIMIT ?" + self.claim_lock + ") RETURNING *",
-                (worker_id, self._ts(now + lease), at, at, at, limit))
+        rows = self._claim_due("timers", "fire_at", "pending", "claimed", worker_id, now, lease, limit)
         return sorted((self._timer(r) for r in rows), key=lambda t: (t.fire_at, t.id))
 
     def _finish_timers(self, worker_id: str, ids: Sequence[int], status: str) -> int:
