@@ -137,7 +137,8 @@ def materialize_run(rt: Runtime, state: DesiredState, applied: AppliedState, run
     details = {"run_id": run.id, "scheduled_for": run.scheduled_for.isoformat(), **selection.to_dict()}
     if selection.blocked:
         return _block(rt, run, campaign, selection.safety.reason, details, selection)
-    enqueued, skipped = _enqueue_members(rt, state, campaign, run, sched, selection.members(MATERIALIZE_BATCH))
+    enqueued, skipped = _enqueue_members(rt, state, campaign, run, sched, selection.members(MATERIALIZE_BATCH),
+                                         created_at=obj.created_at)
     counts = {"qualified": selection.qualified, "skipped": skipped, "seed": selection.seed}
     rt.store.update_run(run.id, status="sending", targeted=selection.target, enqueued=enqueued, counts=counts,
                         worker_id=rt.worker_id)
@@ -163,8 +164,7 @@ def _block(rt: Runtime, run: Run, campaign: Campaign, reason: str, details: dict
 
 
 def _enqueue_members(rt: Runtime, state: DesiredState, campaign: Campaign, run: Run, sched: ScheduledRun,
-                     batches: Iterable[list[Member]]) -> tuple[int, dict[str, int]]:
-    obj_created = run.created_at
+                     batches: Iterable[list[Member]], *, created_at: datetime) -> tuple[int, dict[str, int]]:
     slots: dict[str | None, ZoneSlot] = {}
     enqueued = 0
     skipped: dict[str, int] = defaultdict(int)
@@ -173,7 +173,7 @@ def _enqueue_members(rt: Runtime, state: DesiredState, campaign: Campaign, run: 
         missing = {m.timezone for m in members} - set(slots)
         if missing:
             slots.update(fanout_run(campaign, state.settings, sched, missing,
-                                    created_at=_created_at(rt, campaign, obj_created), now=now))
+                                    created_at=created_at, now=now))
         items = plan_outbox_items(rt, state, campaign, members, slots,
                                   key=lambda m: idempotency_key("run", run.id, m.user_id), run=run, now=now)
         enqueued += rt.store.enqueue(items)
@@ -181,11 +181,6 @@ def _enqueue_members(rt: Runtime, state: DesiredState, campaign: Campaign, run: 
             if item.status == "skipped":
                 skipped[item.skip_reason or "skipped"] += 1
     return enqueued, dict(skipped)
-
-
-def _created_at(rt: Runtime, campaign: Campaign, fallback: datetime) -> datetime:
-    obj = rt.store.get_object("Campaign", campaign.name)
-    return obj.created_at if obj else fallback
 
 
 def plan_outbox_items(rt: Runtime, state: DesiredState, campaign: Campaign, members: Sequence[Member],
