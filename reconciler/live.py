@@ -112,20 +112,13 @@ def enqueue_live(rt: Runtime, state: DesiredState, campaign: Campaign, member: M
     if allowance.remaining is not None and allowance.remaining <= 0:
         return "daily_limit"
     slots = {member.timezone: ZoneSlot(member.timezone, send_at, send_at, "scheduled")}
-    items = plan_outbox_items(rt, state, campaign, [member], slots, key=lambda _m: key, run=None, now=now,
-                              event=event)
     applied = rt.store.get_object("Campaign", campaign.name)
-    items = [_with_spec(item, applied.spec_hash if applied else None) for item in items]
+    items = plan_outbox_items(rt, state, campaign, [member], slots, key=lambda _m: key, run=None, now=now,
+                              event=event, spec_hash=applied.spec_hash if applied else None)
     new = rt.store.enqueue(items)
     if items[0].status == "skipped":
         return f"skipped:{items[0].skip_reason}"
     return "enqueued" if new else "duplicate"
-
-
-def _with_spec(item: Any, spec_hash: str | None) -> Any:
-    from dataclasses import replace
-
-    return replace(item, spec_hash=spec_hash)
 
 
 def _complete(rt: Runtime, campaign: Campaign) -> None:

@@ -185,8 +185,11 @@ def _enqueue_members(rt: Runtime, state: DesiredState, campaign: Campaign, run: 
 
 def plan_outbox_items(rt: Runtime, state: DesiredState, campaign: Campaign, members: Sequence[Member],
                       slots: dict[str | None, ZoneSlot], *, key: Any, run: Run | None, now: datetime,
-                      event: dict[str, Any] | None = None) -> list[OutboxItem]:
-    """One outbox item per member: pending with its send time, or skipped with the reason."""
+                      event: dict[str, Any] | None = None, spec_hash: str | None = None) -> list[OutboxItem]:
+    """One outbox item per member: pending with its send time, or skipped with the reason.
+
+    The spec hash names the campaign version to render (the run's, or the applied one for live messages).
+    """
     dnd = effective_dnd(campaign, state.settings)
     send_times: dict[str, tuple[datetime, datetime] | str] = {}
     for member in members:
@@ -206,7 +209,7 @@ def plan_outbox_items(rt: Runtime, state: DesiredState, campaign: Campaign, memb
         timing = send_times[member.user_id]
         base = dict(idempotency_key=key(member), campaign=campaign.name, user_id=member.user_id,
                     phone=member.phone, context=member_context(member, event),
-                    run_id=run.id if run else None, spec_hash=run.spec_hash if run else None)
+                    run_id=run.id if run else None, spec_hash=run.spec_hash if run else spec_hash)
         if isinstance(timing, str) or member.user_id in blocked_by_cap:
             reason = timing if isinstance(timing, str) else blocked_by_cap[member.user_id]
             items.append(OutboxItem(**base, not_before=now, status="skipped", skip_reason=reason))
