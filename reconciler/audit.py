@@ -66,9 +66,6 @@ class AuditLog:
                              commit_sha=commit_sha, details=details)
         return self.store.append_audit([entry])[0]
 
-    def record_many(self, records: Sequence[AuditRecord]) -> list[int]:
-        return self.store.append_audit(records)
-
     def query(self, *, campaign: str | None = None, commit: str | None = None, actions: Sequence[str] = (),
               kind: str | None = None, name: str | None = None, since: datetime | None = None,
               until: datetime | None = None, limit: int = 1000, newest_first: bool = False) -> list[AuditEntry]:

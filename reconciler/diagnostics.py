@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -36,10 +35,6 @@ class Diagnostic:
         title = f"{self.subject} {self.field}".strip()
         message = self.message.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
         return f"::{level} file={self.path},line={self.line},col={self.col},title={title}::{message}"
-
-
-def has_errors(diagnostics: Iterable[Diagnostic]) -> bool:
-    return any(d.severity == "error" for d in diagnostics)
 
 
 def render_diagnostics(diagnostics: list[Diagnostic], fmt: str) -> str:

@@ -72,7 +72,3 @@ def analyze(text: str) -> SmsEncoding:
     if units <= UCS2_SINGLE:
         return SmsEncoding("UCS-2", units, 1)
     return SmsEncoding("UCS-2", units, _count_segments([_ucs2_cost(ch) for ch in text], UCS2_SINGLE, UCS2_PART))
-
-
-def segment_count(text: str) -> int:
-    return analyze(text).segments

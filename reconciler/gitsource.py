@@ -8,7 +8,6 @@ the remote-tracking branch, so a force-pushed branch is followed rather than rej
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import git
 from git import Blob, Commit, Repo, Tree
 from git.exc import BadName, GitCommandError, InvalidGitRepositoryError, NoSuchPathError
 
@@ -239,19 +237,3 @@ def _git_reason(exc: GitCommandError) -> str:
     fatal = [line for line in lines if "fatal" in line.lower() or "error" in line.lower()]
     reason = (fatal or lines or [f"git exited with status {exc.status}"])[-1]
     return safe_url(re.sub(r"\s+", " ", reason))[:300]
-
-
-def git_available() -> bool:
-    try:
-        git.Git().version()
-    except (GitCommandError, OSError):
-        return False
-    return True
-
-
-def head_of(path: str | os.PathLike[str]) -> str | None:
-    """SHA of HEAD when `path` lies in a git work tree (informational for plans from paths)."""
-    try:
-        return Repo(path, search_parent_directories=True).head.commit.hexsha
-    except (InvalidGitRepositoryError, NoSuchPathError, ValueError):
-        return None

@@ -14,7 +14,7 @@ output limits.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property, lru_cache
@@ -383,13 +383,3 @@ def _variable_problem(campaign: Campaign, path: str, linked_names: set[str],
             and first not in user_properties and not defaulted):
         return f"'{path}': no user has property '{first}' (add a default, e.g. {{{{ {path} | default: '' }}}})"
     return None
-
-
-def sample_failures(campaign: Campaign, members: Iterable[Member]) -> list[tuple[str, str]]:
-    """(user id, reason) for each sample member whose message would not render."""
-    failures = []
-    for member in members:
-        result = render_message(campaign, member)
-        if isinstance(result, RenderFailure):
-            failures.append((member.user_id, result.reason))
-    return failures

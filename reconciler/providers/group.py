@@ -28,7 +28,7 @@ from ..config import RuntimeConfig
 from ..loading import DesiredState
 from ..models import ProviderGroup
 from ..models.group import CircuitBreaker
-from ..secrets import SecretError, redact
+from ..secrets import SecretError
 from .base import (
     OutboundMessage,
     Outcome,
@@ -382,9 +382,3 @@ class GroupRouter:
             else:
                 tally.settle(result_from(provider, item.message, outcome, item.attempts))
         return again
-
-
-def describe_result(result: SendResult) -> str:
-    if result.status == "sent":
-        return f"sent via {result.provider} (id {result.provider_message_id or '-'}, {result.attempts} attempts)"
-    return redact(f"failed via {result.provider or '-'}: {result.error}")
