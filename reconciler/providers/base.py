@@ -128,6 +128,13 @@ def basic_auth_header(username: str, password: str) -> str:
     return f"Basic {token}"
 
 
+def dlt_template_id(message: OutboundMessage, provider_default: str | None) -> str | None:
+    """The DLT template id Exotel and Netcore send: the campaign's when it is numeric (a DLT id rather
+    than, say, an MSG91 flow id), else the provider's own; None when there is neither."""
+    campaign = message.template_id if message.template_id and message.template_id.isdigit() else None
+    return campaign or provider_default or None
+
+
 def national_digits(number: str) -> str:
     """E.164 without the '+', as Vonage, MSG91 and Netcore want it."""
     return number.lstrip("+")

@@ -21,6 +21,7 @@ from .base import (
     ProviderAdapter,
     ProviderError,
     basic_auth_header,
+    dlt_template_id,
     error_for_status,
     json_body,
 )
@@ -49,9 +50,9 @@ class ExotelAdapter(ProviderAdapter):
             form["EncodingType"] = "unicode"
         if self.spec.dltEntityId:
             form["DltEntityId"] = self.spec.dltEntityId
-        template = message.template_id if message.template_id and message.template_id.isdigit() else None
-        if template or self.spec.dltTemplateId:
-            form["DltTemplateId"] = template or self.spec.dltTemplateId or ""
+        template = dlt_template_id(message, self.spec.dltTemplateId)
+        if template:
+            form["DltTemplateId"] = template
         if self.status_callback:
             form["StatusCallback"] = self.status_callback
         headers = {**self.headers_for(batch), "Authorization": self.authorization}

@@ -21,6 +21,7 @@ from .base import (
     Outcome,
     ProviderAdapter,
     ProviderError,
+    dlt_template_id,
     error_for_status,
     national_digits,
 )
@@ -54,9 +55,9 @@ class NetcoreAdapter(ProviderAdapter):
             "senderid": self.spec.senderId,
             "async": "0",
         }
-        template = message.template_id if message.template_id and message.template_id.isdigit() else None
-        if template or self.spec.dltTemplateId:
-            form["templateid"] = template or self.spec.dltTemplateId or ""
+        template = dlt_template_id(message, self.spec.dltTemplateId)
+        if template:
+            form["templateid"] = template
         if self.spec.dltEntityId:
             form["entityid"] = self.spec.dltEntityId
         headers = {**self.headers_for(batch), "Accept": "application/xml, text/xml"}
