@@ -4,14 +4,19 @@ Both need `Authorization: Bearer <HERALD_ADMIN_TOKEN>`. A request is all-or-noth
 rejects the whole request with 422 and per-item reasons, so a client can fix and resend it.
 Answers: 202 accepted, 400 malformed JSON, 401 token, 413 too large, 415 not JSON, 422 invalid items,
 503 store unavailable (retry later) — never 500. An event without `ts` happened "now" (the Clock).
+
+Concurrent event requests share store writes (group commit, see EventBatcher): a 202 still means
+the request's events are stored and were passed to the live-trigger hook.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -85,10 +90,129 @@ def _parse_all(items: list[Any], parse: Callable[[Any], Any]) -> list[Any]:
     return records
 
 
+@dataclass
+class _Waiting:
+    events: list[EventRecord]
+    stored: asyncio.Future[None] = field(repr=False)
+
+
+class EventBatcher:
+    """Group commit for event requests: one store write and one hook call for everything queued.
+
+    While a write is in flight, new requests queue; when it finishes, everything queued (up to
+    `max_records`) goes to the store in one write, then to the hook in one call, and only then does each
+    waiting request get its answer. An idle batcher writes a lone request at once, so there is no fixed
+    delay. If a shared write fails, each request is written on its own, so one request's failure never
+    fails another's events. Writes run in order, so the hook sees events in the order they were stored.
+    """
+
+    def __init__(self, store: AudienceStore, on_events: EventHook | None = None, *,
+                 max_records: int = MAX_ITEMS_PER_REQUEST) -> None:
+        self._store = store
+        self._on_events = on_events
+        self._max_records = max_records
+        self._queue: list[_Waiting] = []
+        self._writer: asyncio.Task[None] | None = None
+        self.writes: int = 0  # store writes made (observability and tests)
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for the next write."""
+        return len(self._queue)
+
+    async def submit(self, events: list[EventRecord]) -> None:
+        """Return once `events` are stored and passed to the hook; raise the store's error otherwise."""
+        loop = asyncio.get_running_loop()
+        if self._writer is not None and not self._writer.done() and self._writer.get_loop() is not loop:
+            self._queue = []  # left behind by a closed event loop (test clients start one per request)
+        waiting = _Waiting(events, loop.create_future())
+        self._queue.append(waiting)
+        if self._writer is None or self._writer.done() or self._writer.get_loop() is not loop:
+            self._writer = loop.create_task(self._drain())
+        # shield: a client that goes away must not cancel the shared future; its events are still written
+        await asyncio.shield(waiting.stored)
+
+    async def _drain(self) -> None:
+        batch: list[_Waiting] = []
+        try:
+            while self._queue:
+                batch = self._take()
+                await self._write(batch)
+        except BaseException as exc:  # cancelled with the loop: nobody may wait forever
+            error = exc if isinstance(exc, Exception) else RuntimeError("event ingest stopped")
+            for waiting in batch + self._take_all():
+                _settle(waiting, error)
+            raise
+
+    def _take(self) -> list[_Waiting]:
+        taken, records = 0, 0
+        for waiting in self._queue:
+            if taken and records + len(waiting.events) > self._max_records:
+                break
+            taken, records = taken + 1, records + len(waiting.events)
+        batch, self._queue = self._queue[:taken], self._queue[taken:]
+        return batch
+
+    def _take_all(self) -> list[_Waiting]:
+        batch, self._queue = self._queue, []
+        return batch
+
+    async def _write(self, batch: list[_Waiting]) -> None:
+        try:
+            await self._insert([event for waiting in batch for event in waiting.events])
+            stored = batch
+        except Exception as exc:
+            if len(batch) == 1:
+                _settle(batch[0], exc)
+                return
+            stored = await self._write_one_by_one(batch)
+        if stored:
+            await self._notify([event for waiting in stored for event in waiting.events])
+        for waiting in stored:
+            _settle(waiting, None)
+
+    async def _write_one_by_one(self, batch: list[_Waiting]) -> list[_Waiting]:
+        # each engine writes a batch atomically (one INSERT / one COPY transaction), so a failed shared
+        # write stored nothing and retrying per request cannot double anything
+        stored: list[_Waiting] = []
+        for waiting in batch:
+            try:
+                await self._insert(waiting.events)
+                stored.append(waiting)
+            except Exception as exc:
+                _settle(waiting, exc)
+        return stored
+
+    async def _insert(self, events: list[EventRecord]) -> None:
+        self.writes += 1
+        await run_in_threadpool(self._store.insert_events, events)
+
+    async def _notify(self, events: list[EventRecord]) -> None:
+        if self._on_events is None:
+            return
+        try:
+            result = self._on_events(events)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            log.error("live event hook failed: %s", redact(f"{type(exc).__name__}: {exc}"))
+
+
+def _settle(waiting: _Waiting, error: BaseException | None) -> None:
+    if waiting.stored.done():
+        return
+    if error is None:
+        waiting.stored.set_result(None)
+    else:
+        waiting.stored.set_exception(error)
+
+
 def event_routes(store: AudienceStore, *, token: str | None, clock: Clock, on_events: EventHook | None = None,
                  max_body_bytes: int = MAX_EVENT_BODY_BYTES, prefix: str = "/v1") -> list[Route]:
-    """Routes for live users/events. `on_events` (e.g. the scheduler's live triggers) sees each
-    accepted batch after it is stored; its failure is logged, the events stay stored."""
+    """Routes for live users/events. `on_events` (e.g. the scheduler's live triggers) sees every
+    accepted event once, after it is stored, possibly together with other requests' events; its failure
+    is logged, the events stay stored."""
+    batcher = EventBatcher(store, on_events)
 
     async def guarded(request: Request, handle: Callable[[list[Any]], Awaitable[dict[str, Any]]]) -> Response:
         if not bearer_token_ok(request, token):
@@ -107,8 +231,7 @@ def event_routes(store: AudienceStore, *, token: str | None, clock: Clock, on_ev
         async def handle(items: list[Any]) -> dict[str, Any]:
             now = clock.now()
             events: list[EventRecord] = _parse_all(items, lambda item: parse_event(item, now=now))
-            await run_in_threadpool(store.insert_events, events)
-            await _notify(events)
+            await batcher.submit(events)
             return {"accepted": len(events)}
 
         return await guarded(request, handle)
@@ -121,16 +244,6 @@ def event_routes(store: AudienceStore, *, token: str | None, clock: Clock, on_ev
             return {"accepted": len(users), "invalid_phones": invalid}
 
         return await guarded(request, handle)
-
-    async def _notify(events: list[EventRecord]) -> None:
-        if on_events is None:
-            return
-        try:
-            result = on_events(events)
-            if inspect.isawaitable(result):
-                await result
-        except Exception as exc:
-            log.error("live event hook failed: %s", redact(f"{type(exc).__name__}: {exc}"))
 
     return [
         Route(f"{prefix}/events", post_events, methods=["POST"]),
