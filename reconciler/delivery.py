@@ -28,7 +28,7 @@ from .loading import DesiredState
 from .models import Campaign, Provider
 from .providers.base import OutboundMessage
 from .providers.base import SendResult as ProviderResult
-from .providers.group import GroupRouter
+from .providers.group import GroupRouter, InvalidNumber, number_region
 from .render import Rendered, render_message
 from .runs import member_from_context
 from .runtime import Runtime
@@ -51,12 +51,20 @@ def message_cost(provider: Provider | None, phone: str, segments: int) -> float 
     if provider is None or provider.spec.pricing is None:
         return None
     prices = provider.spec.pricing.perSegment
-    try:
-        region = phonenumbers.region_code_for_number(phonenumbers.parse(phone, None))
-    except phonenumbers.NumberParseException:
-        region = None
+    region = _region_of(phone)
     price = prices.get(region or "", prices.get("*"))
     return None if price is None else round(price * segments, 6)
+
+
+def _region_of(phone: str) -> str | None:
+    try:
+        return number_region(phone)  # cached: the router has just validated this number to send it
+    except InvalidNumber:
+        pass  # not canonical E.164 or not valid: whatever region phonenumbers still reads from it
+    try:
+        return phonenumbers.region_code_for_number(phonenumbers.parse(phone, None))
+    except phonenumbers.NumberParseException:
+        return None
 
 
 @dataclass
