@@ -290,6 +290,13 @@ def _nested_stand_ins(paths: Iterable[str], root: str) -> dict[str, Any]:
     return values
 
 
+def _stand_in_event(campaign: Campaign) -> tuple[dict[str, Any] | None, bool]:
+    """(event, stand-ins used): <name> placeholders for the event.* a live campaign's body reads."""
+    if campaign.spec.type != "live":
+        return None, False
+    return _nested_stand_ins(referenced_paths(campaign.spec.message.body), "event"), True
+
+
 def trigger_event_name(campaign: Campaign) -> str | None:
     trigger = campaign.spec.trigger
     if trigger is None:
@@ -350,7 +357,8 @@ class StoreReviewer:
             if mix:
                 notes.append(f"no user in {self.label} matches the audience; previews and the country mix "
                              "use all of its users")
-        rendered = [self._render(campaign, state, m, now, with_event=False) for m in mix]
+        event, stand_ins = _stand_in_event(campaign)
+        rendered = [self._render(campaign, state, m, event, stand_ins) for m in mix]
         chosen = _diverse(rendered, self.samples)
         previews = tuple(self._preview(campaign, state, r.member, now) for r in chosen) if self.previews else ()
         routes = self._routes(campaign, state, rendered)
@@ -364,25 +372,17 @@ class StoreReviewer:
         return []
 
     def _event_for(self, campaign: Campaign, member: Member, now: datetime) -> tuple[dict[str, Any] | None, bool]:
-        if campaign.spec.type != "live":
-            return None, False
-        name = trigger_event_name(campaign)
+        """The member's latest trigger event from the store, else stand-ins (live campaigns only)."""
+        name = trigger_event_name(campaign) if campaign.spec.type == "live" else None
         events = self.store.events_for(member.user_id, name, None, now=now) if name else []
         if events:
             latest = events[-1]
             return {"name": latest.name, "ts": latest.ts.isoformat(), **latest.properties}, False
-        return _nested_stand_ins(referenced_paths(campaign.spec.message.body), "event"), True
+        return _stand_in_event(campaign)
 
-    def _render(self, campaign: Campaign, state: DesiredState, member: Member, now: datetime, *,
-                with_event: bool, masked: bool = False) -> _Rendered:
-        body = campaign.spec.message.body
-        if with_event:
-            event, stand_ins = self._event_for(campaign, member, now)
-        elif campaign.spec.type == "live":
-            event, stand_ins = _nested_stand_ins(referenced_paths(body), "event"), True
-        else:
-            event, stand_ins = None, False
-        linked = _nested_stand_ins(referenced_paths(body), "linked")
+    def _render(self, campaign: Campaign, state: DesiredState, member: Member, event: dict[str, Any] | None,
+                stand_ins: bool, *, masked: bool = False) -> _Rendered:
+        linked = _nested_stand_ins(referenced_paths(campaign.spec.message.body), "linked")
         stand_ins = stand_ins or bool(linked)
         target = member
         if masked:
@@ -397,8 +397,9 @@ class StoreReviewer:
         return _Rendered(member, country, route, result.body, None, sms.encoding, sms.units, sms.segments, stand_ins)
 
     def _preview(self, campaign: Campaign, state: DesiredState, member: Member, now: datetime) -> Preview:
-        real = self._render(campaign, state, member, now, with_event=True)
-        shown = self._render(campaign, state, member, now, with_event=True, masked=True)
+        event, stand_ins = self._event_for(campaign, member, now)  # one store lookup for both renderings
+        real = self._render(campaign, state, member, event, stand_ins)
+        shown = self._render(campaign, state, member, event, stand_ins, masked=True)
         text = shown.text if shown.text is not None else (_mask_in_text(real.text, member, self.pii)
                                                            if real.text is not None else None)
         route = real.route
