@@ -104,6 +104,11 @@ def _first(params: Mapping[str, str], *names: str) -> str | None:
     return None
 
 
+def _without_token(params: Mapping[str, str]) -> dict[str, str]:
+    """The callback's fields as stored with the receipt: our ?token= is not the provider's data."""
+    return {k: v for k, v in params.items() if k != "token"}
+
+
 def _error_code(value: str | None) -> str | None:
     return None if value in (None, "", "0", "000", "null", "None") else value
 
@@ -215,7 +220,7 @@ async def _vonage(ctx: _Context, request: Request) -> list[Receipt]:
     if not message_id or not status_word:
         raise Malformed("messageId and status are required")
     status = VONAGE_STATUS.get(status_word.lower())
-    shown = {k: v for k, v in params.items() if k != "token"}
+    shown = _without_token(params)
     return [Receipt(message_id, status, _error_code(params.get("err-code")), shown)] if status else []
 
 
@@ -266,14 +271,15 @@ async def _msg91(ctx: _Context, request: Request) -> list[Receipt]:
     elif raw and "json" in request.headers.get("content-type", ""):
         document = json.loads(raw)
     else:
-        document = {k: v for k, v in params.items() if k != "token"}
+        document = _without_token(params)
     receipts = []
     for request_id, report in _msg91_reports(document):
         if not request_id:
             raise Malformed("requestId missing")
         raw_fields = {str(k): str(v) for k, v in report.items()}
-        error = _error_code(str(report.get("failedReason") or "")) if _msg91_status(report) != "delivered" else None
-        receipts.append(Receipt(request_id, _msg91_status(report), error, raw_fields))
+        status = _msg91_status(report)
+        error = _error_code(str(report.get("failedReason") or "")) if status != "delivered" else None
+        receipts.append(Receipt(request_id, status, error, raw_fields))
     if not receipts:
         raise Malformed("no report in callback")
     return receipts
@@ -286,7 +292,7 @@ async def _exotel(ctx: _Context, request: Request) -> list[Receipt]:
     if not sid or not status_word:
         raise Malformed("SmsSid and Status are required")
     status = EXOTEL_STATUS.get(status_word.lower())
-    shown = {k: v for k, v in params.items() if k != "token"}
+    shown = _without_token(params)
     error = _error_code(params.get("DetailedStatusCode")) if status in ("failed", "undelivered") else None
     return [Receipt(sid, status, error, shown)] if status else []
 
@@ -303,7 +309,7 @@ async def _by_words(ctx: _Context, request: Request) -> list[Receipt]:
     if status is None:
         raise Malformed(f"unknown status '{status_word[:40]}'")
     error = _error_code(_first(params, "error_code", "errcode", "err-code", "reason", "code"))
-    shown = {k: v for k, v in params.items() if k != "token"}
+    shown = _without_token(params)
     return [Receipt(message_id, status, error if status != "delivered" else None, shown)]
 
 
