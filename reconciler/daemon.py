@@ -84,6 +84,9 @@ class Daemon:
     async def metrics(self, request: Request) -> Response:
         store = self.engine.rt.store
         self.engine.rt.metrics.queue_depth.set(await asyncio.to_thread(store.queue_depth))
+        lag = self.engine.reconcile_lag()
+        if lag is not None:
+            self.engine.rt.metrics.reconcile_lag.set(lag)
         return Response(self.engine.rt.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def git_webhook(self, request: Request) -> Response:

@@ -14,6 +14,7 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from . import audit
 from .apply import ApplyRefused, ApplyResult, desired_from_applied, reconcile
@@ -66,6 +67,7 @@ class Engine:
         self._applied = AppliedState.empty()
         self._router: GroupRouter | None = None
         self.last_sync_error: str | None = None
+        self.last_reconciled_at: datetime | None = None  # last successful git → apply reconcile
         env = os.environ if environ is None else environ
         self.limiter = make_rate_limiter(rt.config.state_url, env.get("HERALD_REDIS_URL") or None,
                                          metrics=rt.metrics)
@@ -103,10 +105,17 @@ class Engine:
         self._notify(snapshot.sha, result)
         self.last_sync_error = None
         self.rt.store.kv_set(LAST_ERROR_KEY, None)
+        self.last_reconciled_at = self.rt.clock.now()
         self.rt.metrics.reconcile_lag.set(0)
         if result.commit_sha:
             self.rt.metrics.set_last_applied(result.commit_sha)
         return result
+
+    def reconcile_lag(self) -> float | None:
+        """Seconds since the last successful reconcile (None before the first)."""
+        if self.last_reconciled_at is None:
+            return None
+        return max(0.0, (self.rt.clock.now() - self.last_reconciled_at).total_seconds())
 
     def _notify(self, sha: str, result: ApplyResult | BaseException) -> None:
         """Commit status + webhook, once per (commit, result) across polls, restarts and daemons."""

@@ -195,3 +195,12 @@ def test_catch_up_drops_a_run_missed_by_more_than_max_age(world: DemoWorld) -> N
     runs = store.list_runs(campaign="promo")
     assert [r.status for r in runs] == ["skipped"]
     assert mock_messages(world) == []
+
+
+def test_reconcile_lag_grows_until_the_next_successful_reconcile(world: DemoWorld) -> None:
+    assert world.engine.reconcile_lag() is None
+    world.step()
+    world.clock.advance(timedelta(seconds=42))
+    assert world.engine.reconcile_lag() == 42
+    world.step()
+    assert world.engine.reconcile_lag() == 0
