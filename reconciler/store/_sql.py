@@ -68,6 +68,30 @@ def _marks(count: int) -> str:
     return ", ".join("?" for _ in range(count))
 
 
+class _Where:
+    """Optional filters of a query: conditions are AND-ed, None/empty values are left out."""
+
+    def __init__(self) -> None:
+        self.clauses: list[str] = ["1 = 1"]
+        self.params: list[Any] = []
+
+    def equals(self, column: str, value: Any) -> _Where:
+        return self.when(value is not None, f"{column} = ?", value)
+
+    def any_of(self, column: str, values: Sequence[Any]) -> _Where:
+        return self.when(bool(values), f"{column} IN ({_marks(len(values))})", *values)
+
+    def when(self, condition: bool, clause: str, *params: Any) -> _Where:
+        if condition:
+            self.clauses.append(clause)
+            self.params.extend(params)
+        return self
+
+    @property
+    def sql(self) -> str:
+        return " AND ".join(self.clauses)
+
+
 def _like_prefix(prefix: str) -> str:
     escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped + "%"
@@ -294,17 +318,10 @@ class SqlStateStore(StateStore):
         return self._run(row) if row else None
 
     def list_runs(self, campaign: str | None = None, statuses: Sequence[str] = (), limit: int = 100) -> list[Run]:
-        where: list[str] = ["1 = 1"]
-        params: list[Any] = []
-        if campaign is not None:
-            where.append("campaign = ?")
-            params.append(campaign)
-        if statuses:
-            where.append(f"status IN ({_marks(len(statuses))})")
-            params.extend(statuses)
-        sql = f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY scheduled_for DESC, id DESC LIMIT ?"
+        where = _Where().equals("campaign", campaign).any_of("status", statuses)
+        sql = f"SELECT * FROM runs WHERE {where.sql} ORDER BY scheduled_for DESC, id DESC LIMIT ?"
         with self._transaction(write=False) as tx:
-            rows = tx.rows(sql, (*params, limit))
+            rows = tx.rows(sql, (*where.params, limit))
         return [self._run(r) for r in rows]
 
     def claim_runs(self, worker_id: str, now: datetime, lease: timedelta, limit: int = 10) -> list[Run]:
@@ -549,20 +566,9 @@ class SqlStateStore(StateStore):
 
     def list_outbox(self, *, run_id: int | None = None, campaign: str | None = None,
                     statuses: Sequence[str] = (), limit: int = 1000) -> list[OutboxRow]:
-        where: list[str] = ["1 = 1"]
-        params: list[Any] = []
-        if run_id is not None:
-            where.append("run_id = ?")
-            params.append(run_id)
-        if campaign is not None:
-            where.append("campaign = ?")
-            params.append(campaign)
-        if statuses:
-            where.append(f"status IN ({_marks(len(statuses))})")
-            params.extend(statuses)
+        where = _Where().equals("run_id", run_id).equals("campaign", campaign).any_of("status", statuses)
         with self._transaction(write=False) as tx:
-            rows = tx.rows(f"SELECT * FROM outbox WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
-                           (*params, limit))
+            rows = tx.rows(f"SELECT * FROM outbox WHERE {where.sql} ORDER BY id LIMIT ?", (*where.params, limit))
         return [self._outbox(r) for r in rows]
 
     def find_by_provider_message_id(self, provider: str, provider_message_id: str) -> OutboxRow | None:
@@ -692,21 +698,12 @@ class SqlStateStore(StateStore):
     # ------------------------------------------------------------ reports
     def delivery_counts(self, *, campaign: str | None = None, run_id: int | None = None,
                         since: datetime | None = None) -> list[DeliveryCount]:
-        where: list[str] = ["1 = 1"]
-        params: list[Any] = []
-        if campaign is not None:
-            where.append("campaign = ?")
-            params.append(campaign)
-        if run_id is not None:
-            where.append("run_id = ?")
-            params.append(run_id)
-        if since is not None:
-            where.append("created_at >= ?")
-            params.append(self._ts(since))
+        where = (_Where().equals("campaign", campaign).equals("run_id", run_id)
+                 .when(since is not None, "created_at >= ?", since and self._ts(since)))
         columns = "campaign, run_id, provider, status, delivery_status, skip_reason"
         with self._transaction(write=False) as tx:
-            rows = tx.rows(f"SELECT {columns}, count(*) AS n FROM outbox WHERE {' AND '.join(where)}"
-                           f" GROUP BY {columns}", params)
+            rows = tx.rows(f"SELECT {columns}, count(*) AS n FROM outbox WHERE {where.sql}"
+                           f" GROUP BY {columns}", where.params)
         counts = [DeliveryCount(campaign=r["campaign"], run_id=r["run_id"], provider=r["provider"],
                                 status=r["status"], delivery_status=r["delivery_status"],
                                 skip_reason=r["skip_reason"], count=int(r["n"])) for r in rows]
@@ -762,35 +759,20 @@ class SqlStateStore(StateStore):
         return ids
 
     def query_audit(self, query: AuditQuery) -> list[AuditEntry]:
-        where: list[str] = ["1 = 1"]
-        params: list[Any] = []
-        if query.campaign is not None:
-            where.append("kind = 'Campaign' AND name = ?")
-            params.append(query.campaign)
-        if query.kind is not None:
-            where.append("kind = ?")
-            params.append(query.kind)
-        if query.name is not None:
-            where.append("name = ?")
-            params.append(query.name)
-        if query.commit:
-            if len(query.commit) < 4:
-                raise ValueError("a commit prefix needs at least 4 characters")
-            where.append("commit_sha LIKE ? ESCAPE '\\'")
-            params.append(_like_prefix(query.commit.lower()))
-        if query.actions:
-            where.append(f"action IN ({_marks(len(query.actions))})")
-            params.extend(query.actions)
-        if query.since is not None:
-            where.append("at >= ?")
-            params.append(self._ts(query.since))
-        if query.until is not None:
-            where.append("at < ?")
-            params.append(self._ts(query.until))
+        if query.commit and len(query.commit) < 4:
+            raise ValueError("a commit prefix needs at least 4 characters")
+        where = (_Where()
+                 .when(query.campaign is not None, "kind = 'Campaign' AND name = ?", query.campaign)
+                 .equals("kind", query.kind).equals("name", query.name)
+                 .when(bool(query.commit), "commit_sha LIKE ? ESCAPE '\\'",
+                       query.commit and _like_prefix(query.commit.lower()))
+                 .any_of("action", query.actions)
+                 .when(query.since is not None, "at >= ?", query.since and self._ts(query.since))
+                 .when(query.until is not None, "at < ?", query.until and self._ts(query.until)))
         order = "DESC" if query.newest_first else "ASC"
         with self._transaction(write=False) as tx:
-            rows = tx.rows(f"SELECT * FROM audit WHERE {' AND '.join(where)} ORDER BY id {order} LIMIT ?",
-                           (*params, query.limit))
+            rows = tx.rows(f"SELECT * FROM audit WHERE {where.sql} ORDER BY id {order} LIMIT ?",
+                           (*where.params, query.limit))
         return [AuditEntry(**self._decode(r, ("at",), ("details",))) for r in rows]
 
 
