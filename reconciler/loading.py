@@ -26,6 +26,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.compat import _DEFAULT_YAML_VERSION
 from ruamel.yaml.constructor import RoundTripConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import CollectionEndEvent, CollectionStartEvent
 from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 from ruamel.yaml.resolver import VersionedResolver, implicit_resolvers
 from ruamel.yaml.tag import Tag
@@ -161,6 +162,67 @@ def _parse_fast(text: str) -> list[Any] | None:
         return None
     finally:
         loader.dispose()
+
+
+# ---------------------------------------------------------------- nesting depth (before composing)
+
+# Every collection opens with a character of its own: a flow bracket, a `:` (block or flow mapping
+# value, also JSON-like `"k":v` in flow), or a block indicator `-`/`?` followed by a blank. Their
+# count bounds the nesting depth from above, so most files need no further look.
+_BLOCK_INDICATOR = re.compile(r"[-?](?=[ \t\r\n\x85\u2028\u2029]|\Z)")
+
+
+def _nesting_bound(text: str) -> int:
+    """An upper bound of the collection nesting depth of `text` (never below the real depth)."""
+    return text.count("[") + text.count("{") + text.count(":") + len(_BLOCK_INDICATOR.findall(text))
+
+
+def _events(text: str, pure: bool) -> Iterator[Any]:
+    """Parse events of `text` (libyaml's iterative parser, or ruamel's pure one); lazy."""
+    if pure or CParser is None:
+        yield from _new_yaml().parse(text)
+        return
+    parser = CParser(text)
+    try:
+        while parser.check_event():
+            yield parser.get_event()
+    finally:
+        parser.dispose()
+
+
+def _first_too_deep(text: str, pure: bool) -> Any:
+    """Start mark of the first collection nested deeper than MAX_DEPTH, or None.
+
+    Parsers are iterative (no recursion, unlike composers: ruamel.yaml.clib's composer overflows
+    the C stack at some 30,000 levels), and stop reading at the first too-deep collection, so
+    this costs O(MAX_DEPTH) events for hostile input however large. A parse error ends the scan:
+    the composer stops at the same event, no deeper than the scan went.
+    """
+    depth = 0
+    for event in _events(text, pure):
+        if isinstance(event, CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH + 1:  # the root collection is depth 0 in _to_plain
+                return event.start_mark
+        elif isinstance(event, CollectionEndEvent):
+            depth -= 1
+    return None
+
+
+def _too_deep(text: str) -> Any:
+    """Start mark of a collection nested deeper than MAX_DEPTH in `text`, or None.
+
+    Checked with libyaml's parser (fast; also for files the pure parser composes: depth is
+    structure both parsers agree on), and with the pure parser where libyaml fails on the text.
+    """
+    if _nesting_bound(text) <= MAX_DEPTH + 1:
+        return None
+    for use_pure in ((False, True) if CParser is not None else (True,)):
+        try:
+            return _first_too_deep(text, use_pure)
+        except Exception:  # a syntax error: the loader reports it with its position
+            continue
+    return None
 
 
 class _TooLarge(Exception):
@@ -385,6 +447,10 @@ def _load_file(source: SourceFile) -> Iterator[tuple[LoadedDocument | None, list
         text = source.content.decode("utf-8")
     except UnicodeDecodeError as exc:
         yield fail(f"file is not valid UTF-8 (byte {exc.start}: {exc.reason})")
+        return
+    deep = _too_deep(text)
+    if deep is not None:
+        yield fail(f"document nests deeper than {MAX_DEPTH} levels", deep.line + 1, deep.column + 1)
         return
     try:
         trees = _parse_fast(text)
