@@ -50,7 +50,7 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.sync_now = asyncio.Event()
         self.started = asyncio.Event()
-        self._last_sync = 0.0
+        self._last_sync: float | None = None  # None: sync at the first step, whatever the loop clock reads
         self.app = Starlette(routes=self.routes())
 
     # ------------------------------------------------------------ HTTP
@@ -138,7 +138,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self.started.set()
         while not self.stopping.is_set():
-            due = loop.time() - self._last_sync >= self.options.poll_interval or self.sync_now.is_set()
+            due = (self._last_sync is None or loop.time() - self._last_sync >= self.options.poll_interval
+                   or self.sync_now.is_set())
             if due:
                 self.sync_now.clear()
                 self._last_sync = loop.time()
