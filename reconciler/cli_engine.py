@@ -6,7 +6,7 @@ import asyncio
 import logging
 import shutil
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -42,12 +42,16 @@ def _configure_logging(verbose: bool) -> None:
               default=None, help="Seconds a crashed daemon's claimed runs, messages and timers stay locked "
               "before another worker takes them over (default: 5 min runs, 2 min messages and timers, "
               "30 s scheduler and git poll). Must exceed the time one batch takes to send.")
+@click.option("--clock-offset", "clock_offset", envvar="HERALD_CLOCK_OFFSET", default=None,
+              help="Tests and drills only: shift this daemon's clock by this many seconds (may be negative), "
+              "to run it at another hour of the day or skewed against other daemons.")
 @click.option("-v", "--verbose", is_flag=True)
 def run(repo: str, branch: str, paths: tuple[str, ...], host: str, port: int, poll_interval: float,
         tick_interval: float, workers: int, state_url: str | None, audience_url: str | None, allow_prune: bool,
-        override_freeze: bool, lease_seconds: float | None, verbose: bool) -> None:
+        override_freeze: bool, lease_seconds: float | None, clock_offset: str | None, verbose: bool) -> None:
     """Run the reconciler daemon: poll git, apply, schedule, deliver, serve HTTP."""
     from .audience.store import open_audience_store
+    from .clock import ClockOffsetError, SystemClock, parse_clock_offset
     from .daemon import Daemon, DaemonOptions, webhook_secret_from_env
     from .engine import Engine
     from .gitsource import GitSource
@@ -56,15 +60,19 @@ def run(repo: str, branch: str, paths: tuple[str, ...], host: str, port: int, po
     from .store import open_state_store
 
     _configure_logging(verbose)
+    try:
+        clock = SystemClock(parse_clock_offset(clock_offset))
+    except ClockOffsetError as exc:
+        raise click.BadParameter(str(exc), param_hint="--clock-offset") from None
     env = RuntimeConfig.from_env()
     config = RuntimeConfig(state_url=state_url or env.state_url, audience_url=audience_url or env.audience_url,
                            admin_token=env.admin_token, provider_base_url=env.provider_base_url)
     for url in (config.state_url, config.audience_url):
         if ":///" in url and not url.endswith(":memory:"):
             Path(url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
-    store = open_state_store(config.state_url)
+    store = open_state_store(config.state_url, clock=clock)
     audience = open_audience_store(config.audience_url)
-    rt = Runtime(store=store, audience=audience, config=config,
+    rt = Runtime(store=store, audience=audience, config=config, clock=clock,
                  leases=Leases.uniform(lease_seconds) if lease_seconds else Leases())
     engine = Engine(rt, GitSource(repo, branch, paths=list(paths) or None), workers=workers,
                     allow_prune=allow_prune, linked_policy=LinkedUrlPolicy.for_daemon(port),
@@ -89,6 +97,7 @@ def report(campaign: str | None, fmt: str, state_url: str | None, audience_url: 
     """Runs, targeted, sent, delivered, failed, skipped, expired and converted per campaign."""
     from .apply import desired_from_applied
     from .audience.store import open_audience_store
+    from .clock import SystemClock
     from .report import build_report, report_json, report_table
     from .store import StoreNotFoundError, open_state_store
 
@@ -103,7 +112,7 @@ def report(campaign: str | None, fmt: str, state_url: str | None, audience_url: 
         state = desired_from_applied(store.applied_state())
         if campaign and campaign not in state.campaigns and not store.list_runs(campaign=campaign, limit=1):
             raise click.ClickException(f"unknown campaign '{campaign}'")
-        reports = build_report(store, audience, state, campaign=campaign, now=datetime.now(UTC))
+        reports = build_report(store, audience, state, campaign=campaign, now=SystemClock().now())
         click.echo(report_json(reports) if fmt == "json" else report_table(reports))
     finally:
         store.close()

@@ -11,12 +11,54 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.clock import FakeClock
+from reconciler.clock import CLOCK_OFFSET_ENV, FakeClock, SystemClock
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_PATHS = [ROOT / "providers", ROOT / "campaigns"]
 PG_BASE_DSN = os.environ.get("HERALD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("HERALD_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def _place_the_clock() -> None:
+    """HERALD_TEST_CLOCK_AT=<ISO instant> runs this session as if the wall clock had read that instant when
+    it started: every SystemClock (in this process and, through the harness, in every daemon it starts)
+    is shifted by one offset fixed here, so time still moves and restarted daemons continue the same
+    timeline. tests/test_time_of_day.py uses it to run the real-clock tests at several hours of a day."""
+    at = os.environ.get("HERALD_TEST_CLOCK_AT")
+    if not at:
+        return
+    moment = datetime.fromisoformat(at.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise pytest.UsageError("HERALD_TEST_CLOCK_AT needs a UTC offset, e.g. 2026-03-29T00:59:30Z")
+    os.environ[CLOCK_OFFSET_ENV] = f"{(moment - datetime.now(UTC)).total_seconds():.3f}"
+
+
+_place_the_clock()
+CLOCK_READERS: set[str] = set()
+
+
+@pytest.fixture(autouse=True)
+def _trace_wall_clock(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """With HERALD_TRACE_CLOCK=FILE, list every test that reads the wall clock in this process (a
+    SystemClock) or starts a daemon (which runs on it): those must carry the `realclock` marker, so
+    that tests/test_time_of_day.py runs them at every hour it checks."""
+    if not os.environ.get("HERALD_TRACE_CLOCK"):
+        yield
+        return
+    original = SystemClock.now
+
+    def traced(self: SystemClock) -> datetime:
+        CLOCK_READERS.add(request.node.nodeid)
+        return original(self)
+
+    monkeypatch.setattr(SystemClock, "now", traced)
+    yield
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    target = os.environ.get("HERALD_TRACE_CLOCK")
+    if target:
+        Path(target).write_text("".join(f"{node}\n" for node in sorted(CLOCK_READERS)))
 
 
 def _port_open(host: str, port: int) -> bool:

@@ -27,6 +27,7 @@ from git import Actor, Repo
 
 from reconciler.audience.records import parse_user
 from reconciler.audience.store import open_audience_store
+from reconciler.clock import CLOCK_OFFSET_ENV, SystemClock
 from reconciler.demo import DEMO_SECRETS, DEMO_START, DemoWorld, demo_world, sample_population
 from reconciler.providers.mock_server import MockState, running_mock_server
 
@@ -108,6 +109,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# ---------------------------------------------------------------- the daemons' clock
+
+
+def daemon_clock() -> SystemClock:
+    """The clock the daemons of this test session run on: the real clock, shifted by HERALD_CLOCK_OFFSET
+    (tests/conftest.py sets it once per session from HERALD_TEST_CLOCK_AT, e.g. `2026-03-29T00:59:30Z`,
+    so the time-of-day check can place every real-clock test at another hour). Tests schedule and wait
+    by this clock, never by datetime.now()."""
+    return SystemClock()
+
+
+def now() -> datetime:
+    return daemon_clock().now()
+
+
 # ---------------------------------------------------------------- desired-state repository
 
 
@@ -175,7 +191,7 @@ def population(size: int, cohort: str = COHORT) -> list[dict[str, Any]]:
 def ingest(audience_url: str, users: list[dict[str, Any]]) -> None:
     store = open_audience_store(audience_url)
     try:
-        store.upsert_users([parse_user(u) for u in users], now=datetime.now(UTC))
+        store.upsert_users([parse_user(u) for u in users], now=now())
     finally:
         store.close()
 
@@ -259,6 +275,7 @@ class DaemonProcess:
     name: str = "daemon"
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    started_at: datetime | None = None
 
     @property
     def base_url(self) -> str:
@@ -266,6 +283,8 @@ class DaemonProcess:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+        if os.environ.get(CLOCK_OFFSET_ENV):
+            env[CLOCK_OFFSET_ENV] = os.environ[CLOCK_OFFSET_ENV]  # the session's clock (see daemon_clock)
         env.update(DEMO_SECRETS)
         env.update({
             "HERALD_PROVIDER_BASE_URL": self.mock_url,
@@ -290,6 +309,7 @@ class DaemonProcess:
         assert self.process is None or self.process.poll() is not None, "already running"
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.starts += 1
+        self.started_at = now()  # the daemon runs on this clock (and the clock tracer sees the test read it)
         log = self.log_path.open("ab")
         log.write(f"\n----- start {self.starts} -----\n".encode())
         log.flush()
@@ -364,7 +384,7 @@ def schedule_soon(repo: Repo, daemon: DaemonProcess, build: Callable[[datetime],
     sha = commit_files(repo, build(once), "schedule a campaign")
     daemon.sync()
     daemon.wait_applied(sha)
-    assert datetime.now(UTC) < once, "the campaign was applied after its moment"
+    assert now() < once, "the campaign was applied after its moment"
     return once
 
 
@@ -397,8 +417,8 @@ def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> 
 
 
 def soon(seconds: float) -> datetime:
-    """A schedule moment `seconds` from now, to the second (real clock: the daemon runs on it)."""
-    return (datetime.now(UTC) + timedelta(seconds=seconds)).replace(microsecond=0) + timedelta(seconds=1)
+    """A schedule moment `seconds` from now, to the second (on the daemons' clock)."""
+    return (now() + timedelta(seconds=seconds)).replace(microsecond=0) + timedelta(seconds=1)
 
 
 # ---------------------------------------------------------------- load

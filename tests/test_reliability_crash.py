@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,9 @@ from daemon_harness import (
     standard_files,
     wait_for,
     write_repo,
+)
+from daemon_harness import (
+    now as harness_now,
 )
 from git import Repo
 
@@ -82,7 +85,7 @@ def crash_loop(mock: Mock, daemons: list[DaemonProcess], repo: Repo, total: int,
 
     # One kill while the run is being created and materialized (just after the scheduled moment) …
     kill_at = once + timedelta(seconds=rng.uniform(0.0, 0.4))
-    wait_for(lambda: datetime.now(UTC) >= kill_at, timeout=30, what="the campaign start", poll=0.01)
+    wait_for(lambda: harness_now() >= kill_at, timeout=30, what="the campaign start", poll=0.01)
     kill_one("after start")
     # … and the rest at random accepted-message counts: mid-sending, some batches sent but unrecorded.
     for threshold in sorted(rng.sample(range(1, total), kills - 1)):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,9 @@ from daemon_harness import (
     standard_files,
     wait_for,
     write_repo,
+)
+from daemon_harness import (
+    now as harness_now,
 )
 
 from reconciler.audience.store import open_audience_store
@@ -52,7 +54,7 @@ def _load_then_deliver(tmp_path: Path, *, users: int, ingest_seconds: float) -> 
             assert single.events_per_second > 50 and batched.events_per_second > 1000
 
             once = schedule_soon(repo, daemon, lambda at: {"campaigns/blast.yaml": campaign_yaml("blast", at)})
-            wait_for(lambda: datetime.now(UTC) >= once, 30, "the campaign's moment", poll=0.01)
+            wait_for(lambda: harness_now() >= once, 30, "the campaign's moment", poll=0.01)
             began = time.monotonic()
             wait_for(lambda: mock.accepted() >= users
                      and metric_value(daemon.metrics(), "herald_outbox_queue_depth") == 0,
