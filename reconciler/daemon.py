@@ -28,7 +28,14 @@ from .audience.records import EventRecord
 from .engine import LAST_ERROR_KEY, Engine
 from .http.events import event_routes
 from .http.receipts import receipt_routes
-from .http.security import BodyTooLarge, bearer_token_ok, github_signature_ok, read_limited_body, unauthorized
+from .http.security import (
+    BodyIncomplete,
+    BodyTooLarge,
+    bearer_token_ok,
+    github_signature_ok,
+    read_limited_body,
+    unauthorized,
+)
 
 LOG = logging.getLogger("herald.daemon")
 
@@ -83,7 +90,11 @@ class Daemon:
 
     async def metrics(self, request: Request) -> Response:
         store = self.engine.rt.store
-        self.engine.rt.metrics.queue_depth.set(await asyncio.to_thread(store.queue_depth))
+        try:
+            depth = await asyncio.to_thread(store.queue_depth)
+        except Exception as exc:  # the store is down: a transient 503, like /healthz
+            return JSONResponse({"status": "error", "error": type(exc).__name__}, status_code=503)
+        self.engine.rt.metrics.queue_depth.set(depth)
         lag = self.engine.reconcile_lag()
         if lag is not None:
             self.engine.rt.metrics.reconcile_lag.set(lag)
@@ -97,6 +108,8 @@ class Daemon:
             body = await read_limited_body(request, 262_144)
         except BodyTooLarge as exc:
             return JSONResponse({"error": str(exc)}, status_code=413)
+        except BodyIncomplete as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
         if not github_signature_ok(self.options.webhook_secret, body, request.headers.get("x-hub-signature-256")):
             return JSONResponse({"error": "bad signature"}, status_code=403)
         self.sync_now.set()

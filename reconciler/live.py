@@ -4,6 +4,10 @@ an inaction timer (added_to_cart with no purchase within 5 minutes).
 Every live message has an idempotency key derived from the campaign, the user and the event (or
 the timer), so an event delivered twice, or a timer fired twice after a crash, enqueues one row.
 A live campaign with a subset limit sends to the first N qualifying users, then it ends.
+
+Each (event, campaign) pair is handled on its own: one that fails (an unusable value, a template or
+store error) is logged, counted in herald_live_event_failures_total and audited as
+`live_event_failed` with the event and the reason; the other events and campaigns proceed.
 """
 
 from __future__ import annotations
@@ -34,33 +38,68 @@ from .scheduling import (
     timer_should_fire,
     trigger_for_event,
 )
+from .secrets import redact
 from .store.base import Timer, idempotency_key
 
 LOG = logging.getLogger("herald.live")
 COMPLETED_KEY = "live:completed:{}"
+LIVE_EVENT_FAILED = "live_event_failed"  # audit action: one event could not be handled for one campaign
+MAX_REASON_CHARS = 300
 
 
 def event_id(event: EventRecord) -> str:
-    """Stable identity of an event (the same event ingested twice has the same id)."""
-    payload = json.dumps([event.user_id, event.name, event.ts.isoformat(), event.properties],
-                         sort_keys=True, default=str)
+    """Stable identity of an event: from the client's event id when it has one (so a retry keeps it
+    even when the server assigned a new `ts`), else from its content (the same event ingested twice
+    has the same id)."""
+    if event.id is not None:
+        payload = json.dumps(["client-id", event.user_id, event.name, event.id])
+    else:
+        payload = json.dumps([event.user_id, event.name, event.ts.isoformat(), event.properties],
+                             sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
 def handle_events(rt: Runtime, state: DesiredState, events: Sequence[EventRecord]) -> Counter[str]:
-    """Apply every live campaign's trigger to each event; returns counts by outcome."""
+    """Apply every live campaign's trigger to each event; returns counts by outcome ("failed" for a
+    pair that raised: recorded against that event, never stopping the others)."""
     outcomes: Counter[str] = Counter()
     live = [c for c in state.campaigns.values() if c.spec.type == "live"]
     if not live:
         return outcomes
     members: dict[str, Member | None] = {}
     for event in events:
+        for campaign in live:
+            outcomes[_handle_isolated(rt, state, campaign, event, members)] += 1
+    return outcomes
+
+
+def _handle_isolated(rt: Runtime, state: DesiredState, campaign: Campaign, event: EventRecord,
+                     members: dict[str, Member | None]) -> str:
+    try:
         if event.user_id not in members:
             members[event.user_id] = rt.audience.get_user(event.user_id)
-        member = members[event.user_id]
-        for campaign in live:
-            outcomes[_handle_one(rt, state, campaign, event, member)] += 1
-    return outcomes
+        return _handle_one(rt, state, campaign, event, members[event.user_id])
+    except Exception as exc:
+        _record_failure(rt, campaign, event, exc)
+        return "failed"
+
+
+def _record_failure(rt: Runtime, campaign: Campaign, event: EventRecord, exc: Exception) -> None:
+    """Log, count and audit one failed (event, campaign) pair; a failing audit write is only logged."""
+    reason = redact(f"{type(exc).__name__}: {exc}")[:MAX_REASON_CHARS]
+    eid = event_id(event)
+    LOG.warning("live event %s (%s of user %s) failed for campaign %s: %s", eid, event.name, event.user_id,
+                campaign.name, reason)
+    rt.metrics.live_event_failures.labels(campaign=campaign.name).inc()
+    try:
+        obj = rt.store.get_object("Campaign", campaign.name)
+        rt.store.append_audit([audit.audit_record(
+            LIVE_EVENT_FAILED, at=rt.clock.now(), actor=rt.actor, kind="Campaign", name=campaign.name,
+            commit_sha=obj.commit_sha if obj else None,
+            details={"event_id": eid, "client_event_id": event.id, "user_id": event.user_id, "event": event.name,
+                     "ts": event.ts.isoformat(), "reason": reason})])
+    except Exception as audit_exc:
+        LOG.error("could not audit the failed live event %s: %s", eid, redact(f"{type(audit_exc).__name__}"))
 
 
 def _handle_one(rt: Runtime, state: DesiredState, campaign: Campaign, event: EventRecord,
@@ -116,9 +155,11 @@ def enqueue_live(rt: Runtime, state: DesiredState, campaign: Campaign, member: M
     items = plan_outbox_items(rt, state, campaign, [member], slots, key=lambda _m: key, run=None, now=now,
                               event=event, spec_hash=applied.spec_hash if applied else None)
     new = rt.store.enqueue(items)
+    if not new:
+        return "duplicate"  # this event (a client's retry, a redelivery) was handled before
     if items[0].status == "skipped":
         return f"skipped:{items[0].skip_reason}"
-    return "enqueued" if new else "duplicate"
+    return "enqueued"
 
 
 def _complete(rt: Runtime, campaign: Campaign) -> None:

@@ -28,6 +28,9 @@ class Metrics:
         self.rate_limit_wait = Counter("herald_rate_limit_wait_seconds_total",
                                        "Seconds workers waited for send-rate tokens", ["bucket"], registry=r)
         self.runs = Counter("herald_runs_total", "Campaign runs by outcome", ["outcome"], registry=r)
+        self.live_event_failures = Counter("herald_live_event_failures_total",
+                                           "Live events a campaign could not handle (each audited)",
+                                           ["campaign"], registry=r)
 
     def set_last_applied(self, commit: str) -> None:
         self.last_applied.clear()

@@ -16,6 +16,7 @@ from test_audience_support import NOW
 
 from reconciler.audience import EventRecord
 from reconciler.audience.duckdb_store import DuckDBAudienceStore
+from reconciler.audience.store import EventWrite
 from reconciler.clock import FakeClock
 from reconciler.http.events import EventBatcher, event_routes
 
@@ -40,14 +41,14 @@ class RecordingStore(DuckDBAudienceStore):
         self.gate.set()
         self.writing = threading.Event()
 
-    def insert_events(self, records: Iterable[EventRecord]) -> int:
+    def write_events(self, records: Iterable[EventRecord]) -> EventWrite:
         batch = list(records)
         self.writing.set()
         self.gate.wait(timeout=10)
         if any(record.user_id == POISON for record in batch):
             raise RuntimeError("rejected batch")
         self.write_sizes.append(len(batch))
-        return super().insert_events(batch)
+        return super().write_events(batch)
 
     def stored_users(self) -> Counter[str]:
         cursor = self._con.cursor()

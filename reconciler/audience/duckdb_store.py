@@ -22,7 +22,7 @@ import duckdb
 
 from .compiler import DUCKDB, Fragment
 from .records import EventRecord, UserRecord
-from .store import AudienceStore, AudienceStoreError
+from .store import AudienceStore, AudienceStoreError, EventKey, event_key
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -42,6 +42,22 @@ CREATE TABLE IF NOT EXISTS events (
     ts TIMESTAMPTZ NOT NULL,
     properties JSON NOT NULL DEFAULT '{}'
 );
+CREATE TABLE IF NOT EXISTS event_ids (
+    user_id VARCHAR NOT NULL,
+    name VARCHAR NOT NULL,
+    client_id VARCHAR NOT NULL,
+    ts TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (user_id, name, client_id)
+);
+"""
+KNOWN_EVENT_IDS = """
+SELECT e.user_id, e.name, e.client_id, e.ts FROM event_ids e
+JOIN (SELECT unnest(?::VARCHAR[]) AS user_id, unnest(?::VARCHAR[]) AS name, unnest(?::VARCHAR[]) AS client_id) k
+  ON e.user_id = k.user_id AND e.name = k.name AND e.client_id = k.client_id
+"""
+INSERT_EVENT_IDS = """
+INSERT INTO event_ids (user_id, name, client_id, ts)
+SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::TIMESTAMPTZ[])
 """
 
 STAGED_USER_COLUMNS = (
@@ -89,6 +105,7 @@ class DuckDBAudienceStore(AudienceStore):
                 "or use PostgreSQL)") from None
         self._con.execute("SET TimeZone = 'UTC'")  # offset-less ISO values are UTC, as in semantics.py
         self._lock = threading.RLock()
+        self._event_ids_lock = threading.Lock()  # one writer of client event ids: check + insert is atomic
         self._spool = tempfile.mkdtemp(prefix="herald-audience-")
         if not read_only:
             self._con.execute(SCHEMA)
@@ -172,18 +189,47 @@ class DuckDBAudienceStore(AudienceStore):
         finally:
             os.unlink(path)
 
-    def _append_events(self, records: Sequence[EventRecord]) -> None:
+    def _append_events(self, records: Sequence[EventRecord]) -> dict[EventKey, datetime]:
+        cursor = self._cursor()
+        try:
+            if all(r.id is None for r in records):
+                self._copy_events(cursor, records)
+                return {}
+            with self._event_ids_lock:
+                cursor.execute("BEGIN")
+                try:
+                    known = self._known_event_ids(cursor, records)
+                    fresh = [r for r in records if (key := event_key(r)) is None or key not in known]
+                    with_ids = [r for r in fresh if r.id is not None]
+                    if with_ids:
+                        cursor.execute(INSERT_EVENT_IDS, [[r.user_id for r in with_ids], [r.name for r in with_ids],
+                                                          [r.id for r in with_ids], [r.ts for r in with_ids]])
+                    if fresh:
+                        self._copy_events(cursor, fresh)
+                    cursor.execute("COMMIT")
+                except Exception:
+                    cursor.execute("ROLLBACK")
+                    raise
+            return known
+        finally:
+            cursor.close()
+
+    @staticmethod
+    def _known_event_ids(cursor: duckdb.DuckDBPyConnection,
+                         records: Sequence[EventRecord]) -> dict[EventKey, datetime]:
+        keyed = [r for r in records if r.id is not None]
+        rows = cursor.execute(KNOWN_EVENT_IDS, [[r.user_id for r in keyed], [r.name for r in keyed],
+                                                [r.id for r in keyed]]).fetchall()
+        return {(row[0], row[1], row[2]): row[3] for row in rows}
+
+    def _copy_events(self, cursor: duckdb.DuckDBPyConnection, records: Sequence[EventRecord]) -> None:
         path = self._spool_file(
             json.dumps({"user_id": r.user_id, "name": r.name, "ts": r.ts.isoformat(),
                         "properties": r.properties}, ensure_ascii=False) + "\n"
             for r in records)
         try:
-            cursor = self._cursor()
-            try:
-                cursor.execute("INSERT INTO events SELECT * FROM read_json(?, format='newline_delimited', "
-                               f"columns={STAGED_EVENT_COLUMNS})", [path])
-            finally:
-                cursor.close()
+            cursor.execute("INSERT INTO events SELECT * FROM read_json(?, format='newline_delimited', "
+                           f"columns={STAGED_EVENT_COLUMNS})", [path])
         finally:
             os.unlink(path)
 

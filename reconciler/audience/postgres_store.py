@@ -17,9 +17,9 @@ from psycopg_pool import ConnectionPool
 from ..secrets import redact
 from .compiler import POSTGRES, Fragment
 from .records import EventRecord, UserRecord
-from .store import AudienceStore, AudienceStoreError
+from .store import AudienceStore, AudienceStoreError, EventKey, event_key
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: event_ids (client event ids, stored once)
 MIGRATION_LOCK = 0x4845524C  # "HERL": one advisory lock id for audience schema setup
 
 SCHEMA = r"""
@@ -43,6 +43,13 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_name_ts ON events (name, ts) INCLUDE (user_id);
 CREATE INDEX IF NOT EXISTS events_user_name_ts ON events (user_id, name, ts);
+CREATE TABLE IF NOT EXISTS event_ids (
+    user_id text NOT NULL,
+    name text NOT NULL,
+    client_id text NOT NULL,
+    ts timestamptz NOT NULL,
+    PRIMARY KEY (user_id, name, client_id)
+);
 
 -- ISO 8601 text to timestamptz; an offset-less value is UTC; anything unparsable is NULL.
 CREATE OR REPLACE FUNCTION herald_try_timestamptz(value text) RETURNS timestamptz
@@ -96,6 +103,19 @@ SELECT s.id, s.phone, COALESCE(s.phone_valid, FALSE), s.timezone, s.country, COA
        COALESCE(s.opted_out, FALSE), herald_merge_patch('{}'::jsonb, s.properties), %s
 FROM staged_users s
 ON CONFLICT (id) DO NOTHING
+"""
+# Sorted, so concurrent transactions claiming overlapping ids lock them in one order (no deadlock).
+CLAIM_EVENT_IDS = """
+INSERT INTO event_ids (user_id, name, client_id, ts)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[]) AS k(user_id, name, client_id, ts)
+ORDER BY user_id, name, client_id
+ON CONFLICT DO NOTHING
+RETURNING user_id, name, client_id
+"""
+KNOWN_EVENT_IDS = """
+SELECT e.user_id, e.name, e.client_id, e.ts FROM event_ids e
+JOIN unnest(%s::text[], %s::text[], %s::text[]) AS k(user_id, name, client_id)
+  ON e.user_id = k.user_id AND e.name = k.name AND e.client_id = k.client_id
 """
 STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS staged_users (
@@ -170,8 +190,22 @@ class PostgresAudienceStore(AudienceStore):
                 cursor.execute(MERGE_UPDATE, (now,))
                 cursor.execute(MERGE_INSERT, (now, now))
 
-    def _append_events(self, records: Sequence[EventRecord]) -> None:
-        with self._pool.connection() as conn, conn.cursor() as cursor, \
-                cursor.copy("COPY events (user_id, name, ts, properties) FROM STDIN") as copy:
-            for r in records:
-                copy.write_row((r.user_id, r.name, r.ts, Jsonb(r.properties)))
+    def _append_events(self, records: Sequence[EventRecord]) -> dict[EventKey, datetime]:
+        """One transaction: claim the client ids (a concurrent claim of the same id waits for the
+        other transaction, then finds it), then COPY the events whose id was claimed or absent."""
+        with self._pool.connection() as conn, conn.cursor() as cursor:
+            keyed = [r for r in records if r.id is not None]
+            known: dict[EventKey, datetime] = {}
+            if keyed:
+                columns = [[r.user_id for r in keyed], [r.name for r in keyed], [r.id for r in keyed]]
+                claimed = {tuple(row) for row in cursor.execute(CLAIM_EVENT_IDS, (*columns, [r.ts for r in keyed]))}
+                taken = [r for r in keyed if event_key(r) not in claimed]
+                if taken:
+                    rows = cursor.execute(KNOWN_EVENT_IDS, ([r.user_id for r in taken], [r.name for r in taken],
+                                                            [r.id for r in taken])).fetchall()
+                    known = {(row[0], row[1], row[2]): row[3] for row in rows}
+            fresh = [r for r in records if (key := event_key(r)) is None or key not in known]
+            with cursor.copy("COPY events (user_id, name, ts, properties) FROM STDIN") as copy:
+                for r in fresh:
+                    copy.write_row((r.user_id, r.name, r.ts, Jsonb(r.properties)))
+            return known

@@ -20,7 +20,11 @@ MAX_ID_LENGTH = 256
 MAX_EVENT_NAME_LENGTH = 200
 MAX_PROPERTIES_BYTES = 65_536
 USER_FIELDS = ("id", "phone", "timezone", "country", "created_at", "opted_out", "subscribed", "properties")
-EVENT_FIELDS = ("user_id", "name", "ts", "properties")
+EVENT_FIELDS = ("id", "user_id", "name", "ts", "properties")
+# Timestamps Herald accepts (ts, created_at): what every store and datetime arithmetic (ts ± a
+# campaign's durations) can hold, with room to spare. Anything outside is refused per record.
+EARLIEST_TIMESTAMP = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIMESTAMP = datetime(2200, 1, 1, tzinfo=UTC)
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 
 
@@ -47,10 +51,14 @@ class UserRecord:
 
 @dataclass(frozen=True, slots=True)
 class EventRecord:
+    """One event. `id` is the client's event id (None when not given): the store keeps one event per
+    (user_id, name, id), so a retried event with an id is stored once."""
+
     user_id: str
     name: str
     ts: datetime
     properties: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +108,8 @@ def parse_event(obj: Any, *, now: datetime | None = None) -> EventRecord:
         if now is None:
             raise RecordError("'ts' is required (ISO 8601 timestamp)")
         ts = now
-    return EventRecord(user_id=user_id, name=name, ts=ts, properties=_properties(obj, EVENT_FIELDS))
+    client_id = None if obj.get("id") in (None, "") else _identifier(obj.get("id"), "id")
+    return EventRecord(user_id=user_id, name=name, ts=ts, properties=_properties(obj, EVENT_FIELDS), id=client_id)
 
 
 def _identifier(value: Any, key: str) -> str:
@@ -171,9 +180,13 @@ def _optional_timestamp(value: Any, key: str) -> datetime | None:
     if value is None or value == "":
         return None
     try:
-        return parse_timestamp(value)
+        moment = parse_timestamp(value)
     except ValueError:
         raise RecordError(f"'{key}' is not an ISO 8601 timestamp (got {_short(value)})") from None
+    if not EARLIEST_TIMESTAMP <= moment < LATEST_TIMESTAMP:
+        raise RecordError(f"'{key}' is out of range: {_short(value)} is not between "
+                          f"{EARLIEST_TIMESTAMP:%Y-%m-%d} and {LATEST_TIMESTAMP:%Y-%m-%d}")
+    return moment
 
 
 def _opted_out(obj: Mapping[str, Any]) -> bool | None:

@@ -30,6 +30,26 @@ class AudienceStoreError(RuntimeError):
     """The store cannot be opened or used (locked file, unreachable database, bad URL)."""
 
 
+EventKey = tuple[str, str, str]  # (user_id, name, client event id): stored at most once
+
+
+def event_key(record: EventRecord) -> EventKey | None:
+    return None if record.id is None else (record.user_id, record.name, record.id)
+
+
+@dataclass(frozen=True)
+class EventWrite:
+    """What write_events did, per given record in order: the record as it is stored (a duplicate
+    carries the ts its first copy was stored with) and whether it was a duplicate (not stored again)."""
+
+    events: list[EventRecord]
+    duplicate: list[bool]
+
+    @property
+    def stored(self) -> int:
+        return self.duplicate.count(False)
+
+
 @dataclass(frozen=True)
 class ReachSample:
     """Keep only users whose per-(campaign, user) hash falls under `percent` (stable across runs)."""
@@ -92,7 +112,10 @@ class AudienceStore(ABC):
     def _merge_users(self, records: Sequence[UserRecord], now: datetime) -> None: ...
 
     @abstractmethod
-    def _append_events(self, records: Sequence[EventRecord]) -> None: ...
+    def _append_events(self, records: Sequence[EventRecord]) -> dict[EventKey, datetime]:
+        """Atomically store every record without a client id and every record whose key is not stored
+        yet; return the stored ts of each key that was (its record is not stored again). The records'
+        keys are distinct."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -122,10 +145,32 @@ class AudienceStore(ABC):
         return len(batch)
 
     def insert_events(self, records: Iterable[EventRecord]) -> int:
+        """Store events; returns how many were stored (see write_events for client ids)."""
+        return self.write_events(records).stored
+
+    def write_events(self, records: Iterable[EventRecord]) -> EventWrite:
+        """Store events, each client event id at most once per user and event name: a record whose
+        (user_id, name, id) is already stored, or appears earlier in `records`, is a duplicate and is
+        not stored again. Records without an id are always stored. All or nothing."""
         batch = list(records)
-        if batch:
-            self._append_events(batch)
-        return len(batch)
+        first: dict[EventKey, int] = {}
+        for index, record in enumerate(batch):
+            key = event_key(record)
+            if key is not None:
+                first.setdefault(key, index)
+        unique = [r for i, r in enumerate(batch) if (key := event_key(r)) is None or first[key] == i]
+        known = self._append_events(unique) if unique else {}
+        events, duplicate = [], []
+        for index, record in enumerate(batch):
+            key = event_key(record)
+            if key is None or (first[key] == index and key not in known):
+                events.append(record)
+                duplicate.append(False)
+                continue
+            stored_ts = known.get(key, batch[first[key]].ts)
+            events.append(replace(record, ts=stored_ts))
+            duplicate.append(True)
+        return EventWrite(events, duplicate)
 
     # -- audience queries ---------------------------------------------------------------
     def _from(self, query: AudienceQuery) -> Fragment:

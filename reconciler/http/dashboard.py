@@ -46,7 +46,7 @@ from .dashboard_views import (
     provider_values,
     tick_label,
 )
-from .security import BodyTooLarge, bearer_token_ok, read_limited_body
+from .security import BodyIncomplete, BodyTooLarge, as_bytes, bearer_token_ok, read_limited_body
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -55,6 +55,7 @@ ASSETS = Path(__file__).resolve().parent / "dashboard_assets"
 SESSION_COOKIE = "herald_session"
 SESSION_TTL = timedelta(hours=12)
 LOGIN_BODY_LIMIT = 4096
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 CONTENT_SECURITY_POLICY = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
                            "frame-ancestors 'none'; base-uri 'none'")
 SECURITY_HEADERS = {
@@ -92,10 +93,10 @@ class SessionKeys:
         if not value or value.count(".") != 2:
             return False
         payload, _, mac = value.rpartition(".")
-        if not hmac.compare_digest(self._mac(payload), mac):
+        if not hmac.compare_digest(self._mac(payload).encode(), as_bytes(mac)):  # any cookie text: no raise
             return False
         expires = payload.split(".", 1)[0]
-        return expires.isdigit() and int(expires) > self._clock.now().timestamp()
+        return expires.isascii() and expires.isdigit() and int(expires) > self._clock.now().timestamp()
 
 
 # ---------------------------------------------------------------- URLs and templates
@@ -218,11 +219,18 @@ class Dashboard:
         if self.admin_token is None or self.sessions is None:
             return self.render(request, "disabled.html", status_code=503)
         urls = Urls(_mount_base(request))
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in ("", FORM_CONTENT_TYPE):
+            return self.render(request, "error.html", status_code=415, title="Unsupported form",
+                               message=f"Send the login form as {FORM_CONTENT_TYPE}.")
         try:
             form = parse_qs((await read_limited_body(request, LOGIN_BODY_LIMIT)).decode("utf-8", "replace"))
         except BodyTooLarge:
             return self.render(request, "error.html", status_code=413, title="Too large",
                                message="The login form was too large.")
+        except BodyIncomplete:
+            return self.render(request, "error.html", status_code=400, title="Incomplete",
+                               message="The login form was cut short.")
         next_path = urls.safe_next((form.get("next") or [""])[0])
         token = (form.get("token") or [""])[0]
         if not hmac.compare_digest(token.encode(), self.admin_token.encode()):

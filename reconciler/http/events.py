@@ -2,8 +2,15 @@
 
 Both need `Authorization: Bearer <HERALD_ADMIN_TOKEN>`. A request is all-or-nothing: any invalid item
 rejects the whole request with 422 and per-item reasons, so a client can fix and resend it.
-Answers: 202 accepted, 400 malformed JSON, 401 token, 413 too large, 415 not JSON, 422 invalid items,
-503 store unavailable (retry later) — never 500. An event without `ts` happened "now" (the Clock).
+Answers: 202 accepted, 400 malformed JSON (or a number too long to read, or a body cut short),
+401 token, 413 too large, 415 not JSON, 422 invalid items (incl. text with NUL or lone surrogates, values
+nested deeper than 32 levels, timestamps outside 1970-2200), 503 store unavailable (retry later) — never
+500, and never 503 for input that cannot succeed. An event without `ts` happened "now" (the Clock).
+
+Idempotency: an event with a client event id — its `id` field, or for event i of a request with an
+`Idempotency-Key: K` header and no `id`, the id `K:i` — is stored once per (user_id, name, id). A retry
+is answered 202 with its index under "duplicates", is not stored again, and reaches the live hook
+with the ts of the first copy, so its live messages keep the same idempotency keys.
 
 Concurrent event requests share store writes (group commit, see EventBatcher): a 202 still means
 the request's events are stored and were passed to the live-trigger hook.
@@ -16,7 +23,7 @@ import inspect
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -25,16 +32,25 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..audience.records import EventRecord, RecordError, UserRecord, parse_event, parse_user
-from ..audience.store import AudienceStore
+from ..audience.store import AudienceStore, EventWrite
 from ..clock import Clock
 from ..secrets import redact
-from .security import BodyTooLarge, bearer_token_ok, read_limited_body, unauthorized
+from .security import (
+    BodyIncomplete,
+    BodyTooLarge,
+    as_bytes,
+    bearer_token_ok,
+    json_problem,
+    read_limited_body,
+    unauthorized,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_EVENT_BODY_BYTES = 1_048_576
 MAX_ITEMS_PER_REQUEST = 5000
 MAX_REPORTED_ERRORS = 50
+MAX_IDEMPOTENCY_KEY_LENGTH = 200
 
 EventHook = Callable[[list[EventRecord]], Awaitable[None] | None]
 
@@ -61,11 +77,12 @@ async def _items(request: Request, max_body_bytes: int) -> list[Any]:
         body = await read_limited_body(request, max_body_bytes)
     except BodyTooLarge:
         raise BadRequest(413, f"body exceeds {max_body_bytes} bytes") from None
+    except BodyIncomplete as exc:
+        raise BadRequest(400, str(exc)) from None
     try:
         decoded = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        detail = f": {exc.msg} at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-        raise BadRequest(400, f"body is not valid JSON{detail}") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int digit limit
+        raise BadRequest(400, f"body is not valid JSON{_json_error_detail(exc)}") from None
     items = decoded if isinstance(decoded, list) else [decoded]
     if not items:
         raise BadRequest(422, "the list is empty")
@@ -74,12 +91,38 @@ async def _items(request: Request, max_body_bytes: int) -> list[Any]:
     return items
 
 
-def _parse_all(items: list[Any], parse: Callable[[Any], Any]) -> list[Any]:
+def _json_error_detail(exc: BaseException) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f": {exc.msg} at line {exc.lineno} column {exc.colno}"
+    if isinstance(exc, UnicodeDecodeError):
+        return ": not UTF-8"
+    if isinstance(exc, RecursionError):
+        return ": nested too deeply"
+    return ": a number has too many digits"  # int() refuses more than sys.get_int_max_str_digits()
+
+
+def _idempotency_key(request: Request) -> str | None:
+    """The request's Idempotency-Key header: 1 to 200 printable ASCII characters, or BadRequest 400."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH or not (key.isascii() and key.isprintable()):
+        raise BadRequest(400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII "
+                              f"characters (got {len(as_bytes(key))} bytes)")
+    return key
+
+
+def _parse_all(items: list[Any], parse: Callable[[int, Any], Any]) -> list[Any]:
+    """Every item parsed, or BadRequest 422 naming each bad item's index and reason."""
     records: list[Any] = []
     errors: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         try:
-            records.append(parse(item))
+            problem = json_problem(item)
+            if problem is not None:
+                raise RecordError(problem)
+            records.append(parse(index, item))
         except RecordError as exc:
             if len(errors) < MAX_REPORTED_ERRORS:
                 errors.append({"index": index, "message": str(exc)})
@@ -93,7 +136,7 @@ def _parse_all(items: list[Any], parse: Callable[[Any], Any]) -> list[Any]:
 @dataclass
 class _Waiting:
     events: list[EventRecord]
-    stored: asyncio.Future[None] = field(repr=False)
+    stored: asyncio.Future[list[bool]] = field(repr=False)  # per event: was it a duplicate?
 
 
 class EventBatcher:
@@ -104,6 +147,9 @@ class EventBatcher:
     waiting request get its answer. An idle batcher writes a lone request at once, so there is no fixed
     delay. If a shared write fails, each request is written on its own, so one request's failure never
     fails another's events. Writes run in order, so the hook sees events in the order they were stored.
+    Duplicates (a client event id already stored) reach the hook too, with their first copy's ts: the
+    hook's idempotency keys make a repeat harmless, and a retry after a crash between store and hook
+    still triggers what the first attempt did not.
     """
 
     def __init__(self, store: AudienceStore, on_events: EventHook | None = None, *,
@@ -120,8 +166,9 @@ class EventBatcher:
         """Requests waiting for the next write."""
         return len(self._queue)
 
-    async def submit(self, events: list[EventRecord]) -> None:
-        """Return once `events` are stored and passed to the hook; raise the store's error otherwise."""
+    async def submit(self, events: list[EventRecord]) -> list[bool]:
+        """Return, once `events` are stored and passed to the hook, which of them were duplicates;
+        raise the store's error otherwise."""
         loop = asyncio.get_running_loop()
         if self._writer is not None and not self._writer.done() and self._writer.get_loop() is not loop:
             self._queue = []  # left behind by a closed event loop (test clients start one per request)
@@ -130,7 +177,7 @@ class EventBatcher:
         if self._writer is None or self._writer.done() or self._writer.get_loop() is not loop:
             self._writer = loop.create_task(self._drain())
         # shield: a client that goes away must not cancel the shared future; its events are still written
-        await asyncio.shield(waiting.stored)
+        return await asyncio.shield(waiting.stored)
 
     async def _drain(self) -> None:
         batch: list[_Waiting] = []
@@ -159,33 +206,32 @@ class EventBatcher:
 
     async def _write(self, batch: list[_Waiting]) -> None:
         try:
-            await self._insert([event for waiting in batch for event in waiting.events])
-            stored = batch
+            written = await self._insert([event for waiting in batch for event in waiting.events])
+            stored = _split(batch, written)
         except Exception as exc:
             if len(batch) == 1:
                 _settle(batch[0], exc)
                 return
             stored = await self._write_one_by_one(batch)
         if stored:
-            await self._notify([event for waiting in stored for event in waiting.events])
-        for waiting in stored:
-            _settle(waiting, None)
+            await self._notify([event for _, write in stored for event in write.events])
+        for waiting, write in stored:
+            _settle(waiting, write.duplicate)
 
-    async def _write_one_by_one(self, batch: list[_Waiting]) -> list[_Waiting]:
-        # each engine writes a batch atomically (one INSERT / one COPY transaction), so a failed shared
-        # write stored nothing and retrying per request cannot double anything
-        stored: list[_Waiting] = []
+    async def _write_one_by_one(self, batch: list[_Waiting]) -> list[tuple[_Waiting, EventWrite]]:
+        # each engine writes a batch atomically (one transaction), so a failed shared write stored
+        # nothing and retrying per request cannot double anything
+        stored: list[tuple[_Waiting, EventWrite]] = []
         for waiting in batch:
             try:
-                await self._insert(waiting.events)
-                stored.append(waiting)
+                stored.append((waiting, await self._insert(waiting.events)))
             except Exception as exc:
                 _settle(waiting, exc)
         return stored
 
-    async def _insert(self, events: list[EventRecord]) -> None:
+    async def _insert(self, events: list[EventRecord]) -> EventWrite:
         self.writes += 1
-        await run_in_threadpool(self._store.insert_events, events)
+        return await run_in_threadpool(self._store.write_events, events)
 
     async def _notify(self, events: list[EventRecord]) -> None:
         if self._on_events is None:
@@ -198,13 +244,23 @@ class EventBatcher:
             log.error("live event hook failed: %s", redact(f"{type(exc).__name__}: {exc}"))
 
 
-def _settle(waiting: _Waiting, error: BaseException | None) -> None:
+def _split(batch: list[_Waiting], written: EventWrite) -> list[tuple[_Waiting, EventWrite]]:
+    """A shared write's outcome, cut back into each waiting request's part (same order)."""
+    parts, start = [], 0
+    for waiting in batch:
+        end = start + len(waiting.events)
+        parts.append((waiting, EventWrite(written.events[start:end], written.duplicate[start:end])))
+        start = end
+    return parts
+
+
+def _settle(waiting: _Waiting, outcome: BaseException | list[bool]) -> None:
     if waiting.stored.done():
         return
-    if error is None:
-        waiting.stored.set_result(None)
+    if isinstance(outcome, BaseException):
+        waiting.stored.set_exception(outcome)
     else:
-        waiting.stored.set_exception(error)
+        waiting.stored.set_result(outcome)
 
 
 def event_routes(store: AudienceStore, *, token: str | None, clock: Clock, on_events: EventHook | None = None,
@@ -222,6 +278,9 @@ def event_routes(store: AudienceStore, *, token: str | None, clock: Clock, on_ev
             answer = await handle(items)
         except BadRequest as exc:
             return _error(exc.status, str(exc), exc.errors)
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # a value no store can hold
+            log.warning("live ingest refused a value: %s", redact(f"{type(exc).__name__}: {exc}"))
+            return _error(422, f"a value cannot be stored ({type(exc).__name__}); nothing was stored")
         except Exception as exc:  # the store is down or locked: the client should retry
             log.error("live ingest failed: %s", redact(f"{type(exc).__name__}: {exc}"))
             return _error(503, "the audience store is unavailable; retry later")
@@ -229,16 +288,25 @@ def event_routes(store: AudienceStore, *, token: str | None, clock: Clock, on_ev
 
     async def post_events(request: Request) -> Response:
         async def handle(items: list[Any]) -> dict[str, Any]:
+            key = _idempotency_key(request)
             now = clock.now()
-            events: list[EventRecord] = _parse_all(items, lambda item: parse_event(item, now=now))
-            await batcher.submit(events)
-            return {"accepted": len(events)}
+
+            def parse(index: int, item: Any) -> EventRecord:
+                event = parse_event(item, now=now)
+                return replace(event, id=f"{key}:{index}") if key is not None and event.id is None else event
+
+            events: list[EventRecord] = _parse_all(items, parse)
+            duplicate = await batcher.submit(events)
+            answer: dict[str, Any] = {"accepted": len(events)}
+            if any(duplicate):
+                answer["duplicates"] = [index for index, seen in enumerate(duplicate) if seen]
+            return answer
 
         return await guarded(request, handle)
 
     async def post_users(request: Request) -> Response:
         async def handle(items: list[Any]) -> dict[str, Any]:
-            users: list[UserRecord] = _parse_all(items, parse_user)
+            users: list[UserRecord] = _parse_all(items, lambda _index, item: parse_user(item))
             await run_in_threadpool(lambda: store.upsert_users(users, now=clock.now()))
             invalid = sum(1 for user in users if user.phone_valid is False)
             return {"accepted": len(users), "invalid_phones": invalid}

@@ -6,7 +6,8 @@ signatureSecret). Providers that do not sign (MSG91, Exotel, Netcore, generic HT
 signature secret) must call a URL carrying `?token=…`, the per-provider token from
 `reconciler.providers.registry.receipt_token` (printed by `herald receipt-urls --base-url …`).
 
-Forged or missing signatures/tokens get 403, malformed callbacks 400, an unknown provider 404, and a
+Forged or missing signatures/tokens get 403, malformed callbacks 400 (bad JSON at any nesting depth,
+text with NUL or lone surrogates, a body cut short or over 256 KiB), an unknown provider 404, and a
 sink failure 503 (so the provider retries later); never 500. A receipt for a message the sink does not
 know still gets the provider's usual success answer.
 """
@@ -35,7 +36,7 @@ from ..models import Provider
 from ..models.provider import ExotelSpec, GenericHttpSpec, Msg91Spec, NetcoreSpec, TwilioSpec, VonageSpec
 from ..providers.registry import receipt_token
 from ..secrets import SecretError, redact, resolve_secret
-from .security import BodyTooLarge, read_limited_body
+from .security import BodyIncomplete, BodyTooLarge, read_limited_body, text_problem
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +130,21 @@ async def _params(request: Request) -> tuple[dict[str, str], bytes]:
             raise Malformed("body is not JSON") from None
         if isinstance(data, dict):
             params.update({str(k): "" if v is None else str(v) for k, v in data.items()})
-        return params, raw
+        return _storable(params), raw
     try:
         params.update(parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False))
     except UnicodeDecodeError:
         raise Malformed("body is not UTF-8") from None
-    return params, raw
+    return _storable(params), raw
+
+
+def _storable(params: dict[str, str]) -> dict[str, str]:
+    """The fields, if every key and value can be stored (no NUL, no lone surrogate); else Malformed."""
+    for text in (*params, *params.values()):
+        problem = text_problem(text)
+        if problem:
+            raise Malformed(problem)
+    return params
 
 
 def _form_params(request: Request, raw: bytes) -> dict[str, str]:
@@ -232,7 +242,9 @@ def _check_vonage_signature(ctx: _Context, secret: str, params: Mapping[str, str
     if not any(hmac.compare_digest(sig.lower().encode(), s.encode()) for s in vonage_signatures(secret, signed)):
         raise Forbidden("sig does not match")
     stamp = params.get("timestamp")
-    if ctx.clock is not None and stamp and stamp.isdigit():
+    if ctx.clock is not None and stamp and stamp.isascii() and stamp.isdigit():
+        if len(stamp) > 12:  # beyond year 33658: no real clock
+            raise Forbidden("signed timestamp out of range")
         skew = abs(ctx.clock.now() - datetime.fromtimestamp(int(stamp), UTC)).total_seconds()
         if skew > VONAGE_MAX_SKEW_SECONDS:
             raise Forbidden("signed timestamp too old (replay?)")
@@ -276,7 +288,8 @@ async def _msg91(ctx: _Context, request: Request) -> list[Receipt]:
     for request_id, report in _msg91_reports(document):
         if not request_id:
             raise Malformed("requestId missing")
-        raw_fields = {str(k): str(v) for k, v in report.items()}
+        _storable({"requestId": request_id})
+        raw_fields = _storable({str(k): str(v) for k, v in report.items()})
         status = _msg91_status(report)
         error = _error_code(str(report.get("failedReason") or "")) if status != "delivered" else None
         receipts.append(Receipt(request_id, status, error, raw_fields))
@@ -348,8 +361,10 @@ def receipt_routes(state: DesiredState, sink: ReceiptSink, *, clock: Clock | Non
             receipts = await PARSERS[type(provider.spec)](ctx, request)
         except Forbidden as exc:
             return PlainTextResponse(f"forbidden: {exc}", status_code=403)
-        except (Malformed, BodyTooLarge, ValueError) as exc:
+        except (Malformed, BodyTooLarge, BodyIncomplete, ValueError, OverflowError) as exc:
             return PlainTextResponse(redact(f"malformed receipt: {exc}"), status_code=400)
+        except RecursionError:  # JSON nested deeper than the parser (or str()) can follow
+            return PlainTextResponse("malformed receipt: nested too deeply", status_code=400)
         except SecretError as exc:
             log.error("receipts for %s cannot be verified: %s", name, exc)
             return PlainTextResponse("receipt verification is not configured", status_code=503)

@@ -1,18 +1,70 @@
-"""Request guards shared by the daemon's endpoints: admin token, GitHub-style HMAC, body size."""
+"""Request guards shared by the daemon's endpoints: admin token, GitHub-style HMAC, body size, and
+what a decoded JSON value may hold.
+
+Invariant: nothing here raises on hostile input (non-ASCII headers, odd Content-Length values, clients
+that disconnect mid-body); each guard answers False or raises one of the exceptions below, which the
+endpoints turn into a specific 4xx.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 MAX_BODY_BYTES = 1_048_576
+MAX_JSON_DEPTH = 32  # nesting levels inside one item (an event, a user, a receipt)
+_DIGITS_IN_A_SANE_LENGTH = 15
 
 
 class BodyTooLarge(Exception):
     pass
+
+
+class BodyIncomplete(Exception):
+    """The client went away before sending the whole body."""
+
+
+def as_bytes(text: str) -> bytes:
+    """Any str as bytes, never raising (header values are latin-1; lone surrogates pass through)."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+def text_problem(text: str) -> str | None:
+    """Why `text` cannot be stored (None when it can): a NUL character (PostgreSQL text and jsonb
+    refuse it) or a lone surrogate (not encodable as UTF-8)."""
+    if "\x00" in text:
+        return "text contains a NUL character (\\u0000)"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "text contains a lone surrogate (invalid Unicode)"
+    return None
+
+
+def json_problem(value: Any, max_depth: int = MAX_JSON_DEPTH) -> str | None:
+    """Why a decoded JSON value cannot be stored (None when it can): a key or string with a NUL or a
+    lone surrogate, or containers nested deeper than `max_depth`. Iterative: any depth is safe."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            problem = text_problem(item)
+        elif isinstance(item, dict | list):
+            if depth >= max_depth:
+                return f"values are nested deeper than {max_depth} levels"
+            children = list(item.values()) if isinstance(item, dict) else item
+            keys = [str(key) for key in item] if isinstance(item, dict) else []
+            problem = next((found for key in keys if (found := text_problem(key))), None)
+            stack.extend((child, depth + 1) for child in children)
+        else:
+            problem = None
+        if problem:
+            return problem
+    return None
 
 
 def bearer_token_ok(request: Request, expected: str | None) -> bool:
@@ -34,19 +86,25 @@ def github_signature_ok(secret: str, body: bytes, signature_header: str | None) 
     if not signature_header or not signature_header.startswith("sha256="):
         return False
     expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, signature_header.removeprefix("sha256="))
+    return hmac.compare_digest(expected.encode(), as_bytes(signature_header.removeprefix("sha256=")))
 
 
 async def read_limited_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """Read the body, refusing (before buffering it all) anything larger than `limit`."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    """Read the body, refusing (before buffering it all) anything larger than `limit`.
+
+    Raises BodyTooLarge (declared or streamed size over `limit`) or BodyIncomplete (client gone)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and (len(declared) > _DIGITS_IN_A_SANE_LENGTH
+                                                      or int(declared) > limit):
         raise BodyTooLarge(f"body exceeds {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"body exceeds {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"body exceeds {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise BodyIncomplete("the client disconnected before the body was complete") from None
     return b"".join(chunks)
