@@ -513,9 +513,12 @@ def _diagnostic_from_error(path: str, tree: Any, kind: str, name: str, err: Any)
         message = "unknown field"
     elif err["type"] == "missing":
         message = "required field is missing"
-    elif err["type"] in {"literal_error", "enum"} or "type" in err["type"]:
+    elif err["type"] in _SHOW_INPUT or "type" in err["type"]:
         message = f"{message} (got {_short(err.get('input'))})"
     return Diagnostic(path, line, col, kind, name, field_name, message)
+
+
+_SHOW_INPUT = {"literal_error", "enum", "greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 
 
 def _short(value: Any) -> str:

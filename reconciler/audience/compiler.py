@@ -8,13 +8,14 @@ which evaluates the same rules in Python.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from ..models.common import parse_duration
+from ..models.common import INT64_MAX, INT64_MIN, parse_duration
 from ..models.segment import (
     AllRule,
     AnyRule,
@@ -51,10 +52,45 @@ class Fragment:
         return Fragment(self.sql + other.sql, self.params + other.params)
 
 
+class UnbindableValueError(PredicateError):
+    """A value the audience store cannot take as a parameter: an integer outside 64 bits, a float
+    that is not finite, a number too large for a float, a moment outside the calendar.
+
+    Validation refuses such values in YAML; this is the compiler's own guard, so a value that got
+    past it fails with this error (naming the value), never an OverflowError from a driver."""
+
+
+def bindable(value: Any) -> Any:
+    """`value`, if every store can bind it; else UnbindableValueError."""
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+        raise UnbindableValueError(f"integer out of the 64-bit range ({value.bit_length()} bits)")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UnbindableValueError(f"number {value} is not finite")
+    return value
+
+
+def as_number(value: Any) -> float:
+    """`value` as a finite float, or UnbindableValueError (float() overflows past ~1.8e308)."""
+    try:
+        number = float(value)
+    except OverflowError as exc:
+        raise UnbindableValueError(f"number too large to compare ({exc})") from exc
+    bindable(number)
+    return number
+
+
+def moment_before(now: datetime, span: timedelta) -> datetime:
+    """`now - span`, or UnbindableValueError when that leaves the calendar."""
+    try:
+        return now - span
+    except OverflowError as exc:
+        raise UnbindableValueError(f"{now.isoformat()} minus {span} is outside the calendar") from exc
+
+
 def frag(text: str, *params: Any) -> Fragment:
     if text.count("?") != len(params):
         raise AssertionError(f"placeholder count mismatch in {text!r}")
-    return Fragment(text, tuple(params))
+    return Fragment(text, tuple(bindable(p) for p in params))
 
 
 def wrap(template: str, *parts: Fragment) -> Fragment:
@@ -69,8 +105,8 @@ def wrap(template: str, *parts: Fragment) -> Fragment:
 
 
 def param(value: Any) -> Fragment:
-    """One bound parameter, to place with wrap()."""
-    return Fragment("?", (value,))
+    """One bound parameter, to place with wrap(); UnbindableValueError if no store can hold it."""
+    return Fragment("?", (bindable(value),))
 
 
 def join(separator: str, parts: Iterable[Fragment]) -> Fragment:
@@ -293,7 +329,7 @@ def _cutoff(now: Moment, ago: timedelta) -> Fragment:
     """`now - ago`: computed here for a fixed instant, in SQL (interval arithmetic, UTC) per row."""
     if isinstance(now, Fragment):
         return wrap("({} - {})", now, param(ago))
-    return param(now - ago)
+    return param(moment_before(now, ago))
 
 
 def _timestamp_value(value: Any, op: str) -> datetime:
@@ -355,7 +391,7 @@ class Compiler:
         if field.kind == "timestamp":
             stamps = [_timestamp_value(v, "eq") for v in values]
             return wrap("{} IN ({})", field.timestamp(d), join(", ", map(param, stamps)))
-        numbers = [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        numbers = [as_number(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
         texts = [text_form(v) for v in values if isinstance(v, str | bool)]
         parts: list[Fragment] = []
         if numbers:
@@ -372,7 +408,7 @@ class Compiler:
         kind = ordered_kind(value, field.kind == "timestamp")
         d = self.d
         if kind == "number":
-            return wrap(f"{{}} {sign} {{}}", field.number(d), param(float(value)))
+            return wrap(f"{{}} {sign} {{}}", field.number(d), param(as_number(value)))
         if kind == "timestamp":
             return wrap(f"{{}} {sign} {{}}", field.timestamp(d), param(_timestamp_value(value, op)))
         return wrap(f"({{}} AND {{}} {sign} {{}})", field.is_kind(d, "string"), d.byte_order(field.text(d)),
@@ -433,7 +469,7 @@ class Compiler:
         IS [NOT] NULL test: it composes under and/or/not, and both engines run it as a hash join
         that can spill — unlike NOT IN, which PostgreSQL can only hash when it fits in work_mem.
         """
-        since = now - pred.within if pred.within is not None else None
+        since = moment_before(now, pred.within) if pred.within is not None else None
         matching = self.event_filter(pred.name, now, since, pred.where)
         low, high = pred.min_count, pred.atMost
         if low == 0 and high is None:
@@ -452,7 +488,7 @@ class Compiler:
 
     def user_event(self, pred: EventPredicate, now: datetime, user_id: str) -> Fragment:
         """The same test for one known user: count its events (an index lookup on PostgreSQL)."""
-        since = now - pred.within if pred.within is not None else None
+        since = moment_before(now, pred.within) if pred.within is not None else None
         matching = self.event_filter(pred.name, now, since, pred.where)
         low, high = pred.min_count, pred.atMost
         count = wrap("(SELECT count(*) FROM events e WHERE e.user_id = {} AND {})", param(user_id), matching)

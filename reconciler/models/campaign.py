@@ -6,7 +6,17 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .common import ClockTime, DocumentBase, Duration, StrictModel, Timestamp
+from .common import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_COUNT,
+    ClockTime,
+    DocumentBase,
+    Duration,
+    SignedDuration,
+    StrictModel,
+    Timestamp,
+)
 from .segment import PropertyPredicate, Rule
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -70,7 +80,7 @@ class EventDateTrigger(StrictModel):
 
     event: EventMatch
     property: str = Field(min_length=1)
-    offset: Duration = Field(default_factory=lambda: __import__("datetime").timedelta(0))
+    offset: SignedDuration = Field(default_factory=lambda: __import__("datetime").timedelta(0))
     at: ClockTime | None = Field(default=None, description="Send at this clock time on the resulting day.")
 
 
@@ -110,9 +120,9 @@ class FrequencyCapOverride(StrictModel):
 class Subset(StrictModel):
     """Send to exactly `limit` users: random for past behaviour, first qualifying for live (then it ends)."""
 
-    limit: int = Field(ge=1)
+    limit: int = Field(ge=1, le=MAX_COUNT)
     mode: Literal["random", "first"] | None = None
-    seed: int | None = Field(default=None, description="Fix the random choice; otherwise stored per run.")
+    seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX, description="Fix the random choice; otherwise stored per run.")
 
 
 class Audience(StrictModel):
@@ -120,9 +130,9 @@ class Audience(StrictModel):
     rules: Rule | None = Field(default=None, description="Inline rules; combined with the segment (AND) if both.")
     reachPercent: float = Field(default=100.0, gt=0, le=100)
     subset: Subset | None = None
-    dailyLimit: int | None = Field(default=None, ge=1)
-    runLimit: int | None = Field(default=None, ge=1)
-    safetyLimit: int | None = Field(default=None, ge=1, description="Block the run when more users qualify.")
+    dailyLimit: int | None = Field(default=None, ge=1, le=MAX_COUNT)
+    runLimit: int | None = Field(default=None, ge=1, le=MAX_COUNT)
+    safetyLimit: int | None = Field(default=None, ge=1, le=MAX_COUNT, description="Block the run when more users qualify.")
 
 
 class LinkedContent(StrictModel):
@@ -153,7 +163,7 @@ class Conversion(StrictModel):
 
 
 class Budget(StrictModel):
-    amount: float = Field(gt=0)
+    amount: float = Field(gt=0, le=1e12)
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     per: Literal["run", "month"] = "run"
 

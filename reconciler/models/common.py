@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -72,19 +73,36 @@ class Secret(StrictModel):
 SecretValue = Annotated[Secret, BeforeValidator(_reject_literal_secret)]
 
 
-_DURATION_PART = re.compile(r"(\d+)(w|d|h|m|s)")
-_DURATION_FULL = re.compile(r"^-?(\d+(w|d|h|m|s))+$")
+_DURATION_PART = re.compile(r"([0-9]+)(w|d|h|m|s)")
+_DURATION_FULL = re.compile(r"^-?([0-9]+(w|d|h|m|s))+$")
 _UNIT_SECONDS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
 DURATION_PATTERN = r"^-?([0-9]+(w|d|h|m|s))+$"
+POSITIVE_DURATION_PATTERN = r"^([0-9]+(w|d|h|m|s))+$"
+MAX_DURATION = timedelta(days=3650)
+"""The longest duration any field takes (10 years): far inside timedelta's and datetime's range, so
+`now ± duration` never overflows; every duration field is checked against it."""
+MAX_DURATION_TEXT = "3650d (10 years)"
 
 
 def parse_duration(text: str) -> timedelta:
-    """Parse '5m', '2h30m', '30d', '-1d' into a timedelta."""
+    """Parse '5m', '2h30m', '30d', '-1d' into a timedelta; at most MAX_DURATION either way."""
     cleaned = text.strip()
     if not _DURATION_FULL.match(cleaned):
-        raise ValueError(f"invalid duration {text!r}; use e.g. 30s, 5m, 2h30m, 7d, 2w")
-    seconds = sum(int(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(cleaned))
+        raise ValueError(f"invalid duration {_clip(text)}; use e.g. 30s, 5m, 2h30m, 7d, 2w")
+    parts = _DURATION_PART.findall(cleaned)
+    # No unit holds more than 10 years in 12 digits: longer numbers are refused before int() (which
+    # also refuses texts of over 4,300 digits, with a message about Python, not durations).
+    if any(len(number.lstrip("0")) > 12 for number, _ in parts):
+        raise ValueError(f"duration {_clip(text)} is longer than the maximum of {MAX_DURATION_TEXT}")
+    seconds = sum(int(n) * _UNIT_SECONDS[u] for n, u in parts)
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"duration {_clip(text)} is longer than the maximum of {MAX_DURATION_TEXT}")
     return timedelta(seconds=-seconds if cleaned.startswith("-") else seconds)
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    """repr() of a user value, cut short so a hostile value cannot flood a message."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
 def format_duration(value: timedelta) -> str:
@@ -105,12 +123,60 @@ def _to_duration(value: Any) -> Any:
     return value
 
 
+def _within_maximum(value: timedelta) -> timedelta:
+    if abs(value) > MAX_DURATION:
+        raise ValueError(f"duration {format_duration(value)} is longer than the maximum of {MAX_DURATION_TEXT}")
+    return value
+
+
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError(f"duration must be positive (got {format_duration(value)})")
+    return _within_maximum(value)
+
+
+def _not_negative(value: timedelta) -> timedelta:
+    if value < timedelta(0):
+        raise ValueError(f"duration must not be negative (got {format_duration(value)})")
+    return _within_maximum(value)
+
+
+_DURATION_JSON = PlainSerializer(format_duration, return_type=str, when_used="json")
+
 Duration = Annotated[
     timedelta,
     BeforeValidator(_to_duration),
-    PlainSerializer(format_duration, return_type=str, when_used="json"),
-    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "description": "Duration such as 30s, 5m, 2h30m, 7d, 2w"}),
+    AfterValidator(_positive),
+    _DURATION_JSON,
+    WithJsonSchema({"type": "string", "pattern": POSITIVE_DURATION_PATTERN,
+                    "description": "Positive duration such as 30s, 5m, 2h30m, 7d, 2w; at most 3650d"}),
 ]
+"""A span of time greater than zero and at most MAX_DURATION (windows, validity, TTLs)."""
+
+NonNegativeDuration = Annotated[
+    timedelta,
+    BeforeValidator(_to_duration),
+    AfterValidator(_not_negative),
+    _DURATION_JSON,
+    WithJsonSchema({"type": "string", "pattern": POSITIVE_DURATION_PATTERN,
+                    "description": "Duration such as 0s, 30s, 5m, 2h30m, 7d; at most 3650d"}),
+]
+"""A span of time from zero to MAX_DURATION."""
+
+SignedDuration = Annotated[
+    timedelta,
+    BeforeValidator(_to_duration),
+    AfterValidator(_within_maximum),
+    _DURATION_JSON,
+    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN,
+                    "description": "Duration such as 30s, 5m, 2h30m, 7d, or -1d (before); at most 3650d either way"}),
+]
+"""An offset either way, at most MAX_DURATION in size."""
+
+MAX_COUNT = 1_000_000_000
+"""Largest count (users, messages, events) any field takes; far inside every store's integer range."""
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""What SQLite INTEGER, PostgreSQL bigint and DuckDB BIGINT hold: bound parameters stay inside it."""
 
 CLOCK_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 ClockTime = Annotated[str, Field(pattern=CLOCK_PATTERN, description="24h clock time HH:MM")]
@@ -142,8 +208,20 @@ def _to_datetime(value: Any) -> Any:
     return value
 
 
+MIN_YEAR, MAX_YEAR = 1970, 2999
+"""Schedule dates lie in these years: far from datetime's ends (year 1 and 9999), so zone
+conversion and `± MAX_DURATION` arithmetic never overflow."""
+
+
+def _sensible_year(value: datetime) -> datetime:
+    if not MIN_YEAR <= value.year <= MAX_YEAR:
+        raise ValueError(f"date/time {value.isoformat()} is outside the years {MIN_YEAR}-{MAX_YEAR}")
+    return value
+
+
 Timestamp = Annotated[
     datetime,
     BeforeValidator(_to_datetime),
+    AfterValidator(_sensible_year),
     Field(json_schema_extra={"description": "ISO 8601 date-time; without an offset it is read in the campaign timezone"}),
 ]

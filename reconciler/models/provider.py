@@ -15,7 +15,7 @@ class RateLimit(StrictModel):
     """Messages per second this account (or sender) may send; shared by every worker and daemon."""
 
     messagesPerSecond: float = Field(gt=0, le=100000)
-    burst: int | None = Field(default=None, ge=1, description="Bucket size; defaults to one second's worth.")
+    burst: int | None = Field(default=None, ge=1, le=1_000_000, description="Bucket size; defaults to one second's worth.")
     unit: Literal["message", "segment"] = Field(
         default="message", description="What one token pays for: a message, or one SMS segment (US long codes)."
     )
@@ -25,7 +25,7 @@ class Pricing(StrictModel):
     """Price per SMS segment by destination country; '*' is the fallback."""
 
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
-    perSegment: dict[str, float] = Field(default_factory=dict)
+    perSegment: dict[str, Annotated[float, Field(ge=0, le=1e6)]] = Field(default_factory=dict)
 
 
 class ProviderCommon(StrictModel):
@@ -112,7 +112,7 @@ class Batching(StrictModel):
 
 
 class SuccessCriteria(StrictModel):
-    statusCodes: list[int] = Field(default_factory=lambda: [200, 201, 202], min_length=1)
+    statusCodes: list[Annotated[int, Field(ge=100, le=599)]] = Field(default_factory=lambda: [200, 201, 202], min_length=1)
     messageIdPath: str | None = Field(default=None, description="Dotted path to the message id in the JSON response.")
 
 

@@ -5,11 +5,13 @@ Saved as `kind: Segment` or written inline in a campaign's audience.
 
 from __future__ import annotations
 
+import math
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, model_validator
+from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
-from .common import DocumentBase, Duration, StrictModel
+from .common import INT64_MAX, INT64_MIN, MAX_COUNT, DocumentBase, Duration, StrictModel
 
 Scalar = str | int | float | bool
 
@@ -34,6 +36,18 @@ class PropertyPredicate(StrictModel):
     op: PropertyOp = "eq"
     value: Scalar | list[Scalar] | None = None
 
+    @field_validator("value")
+    @classmethod
+    def _bindable(cls, value: Scalar | list[Scalar] | None, info: ValidationInfo) -> Scalar | list[Scalar] | None:
+        for item in value if isinstance(value, list) else [value]:
+            _check_bindable(item)
+        if info.data.get("op") in DURATION_OPS and not isinstance(value, list | None):
+            from .common import parse_duration
+
+            if parse_duration(str(value)) <= timedelta(0):
+                raise ValueError(f"op '{info.data['op']}' needs a positive duration (got {value!r})")
+        return value
+
     @model_validator(mode="after")
     def _value_fits_op(self) -> PropertyPredicate:
         if self.op in VALUELESS_OPS:
@@ -55,12 +69,22 @@ class PropertyPredicate(StrictModel):
         return self
 
 
+def _check_bindable(value: Scalar | None) -> None:
+    """Numbers are compared in the audience store: integers must fit its 64-bit columns, floats must
+    be finite (a 401-digit integer passed validation and then overflowed at run time)."""
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"integer value out of range ({value.bit_length()} bits): values must lie between "
+                         f"{INT64_MIN} and {INT64_MAX}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"number value must be finite (got {value})")
+
+
 class EventPredicate(StrictModel):
     """Past behaviour: the user did event `name` between `atLeast` and `atMost` times within `within`."""
 
     name: str = Field(min_length=1)
-    atLeast: int | None = Field(default=None, ge=0)
-    atMost: int | None = Field(default=None, ge=0)
+    atLeast: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    atMost: int | None = Field(default=None, ge=0, le=MAX_COUNT)
     within: Duration | None = Field(default=None, description="Look-back window; all history when absent.")
     where: list[PropertyPredicate] = Field(default_factory=list, description="Filters on event properties.")
 

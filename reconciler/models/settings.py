@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from .campaign import DndWindow
-from .common import DocumentBase, Duration, SecretValue, StrictModel
+from .common import MAX_COUNT, DocumentBase, Duration, NonNegativeDuration, SecretValue, StrictModel
 
 
 class GlobalFrequencyCap(StrictModel):
@@ -15,7 +15,7 @@ class GlobalFrequencyCap(StrictModel):
 
 
 class SafetyDefaults(StrictModel):
-    defaultLimit: int | None = Field(default=None, ge=1, description="Safety limit for campaigns that set none.")
+    defaultLimit: int | None = Field(default=None, ge=1, le=MAX_COUNT, description="Safety limit for campaigns that set none.")
 
 
 class AlertSettings(StrictModel):
@@ -45,7 +45,7 @@ class CatchUp(StrictModel):
     """What to do with scheduled runs missed while the daemon was down."""
 
     policy: Literal["latest", "all", "skip"] = "latest"
-    maxAge: Duration = Field(default_factory=lambda: __import__("datetime").timedelta(hours=6))
+    maxAge: NonNegativeDuration = Field(default_factory=lambda: __import__("datetime").timedelta(hours=6))
 
 
 class FreezeWindow(StrictModel):
