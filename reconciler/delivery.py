@@ -8,6 +8,10 @@ Exactly-once rules:
   accepts it once. Only the claiming worker can record the outcome (`complete` checks claimed_by).
 - Retryable failures (every provider of the group failed transiently) go back to the queue with
   backoff; after MAX_CLAIMS claims they are recorded as failed, never silently dropped.
+- An IN-DOUBT send (the provider may have accepted it: no answer after the request was written,
+  500/502/504, or a previous claim abandoned by a crash) is never resent blindly: the row goes back
+  with its doubt recorded and is settled by doubt.settle — looked up at the provider, else by the
+  group's `inDoubt` policy — before anything is sent again. Providers do not deduplicate.
 """
 
 from __future__ import annotations
@@ -22,13 +26,13 @@ from typing import Any
 
 import phonenumbers
 
-from . import audit
+from . import audit, doubt
 from .linked import LinkedContentFetcher, LinkedUrlPolicy
 from .loading import DesiredState
 from .models import Campaign, Provider
 from .providers.base import OutboundMessage
 from .providers.base import SendResult as ProviderResult
-from .providers.group import GroupRouter, InvalidNumber, number_region
+from .providers.group import GroupRouter, InvalidNumber, RoutingError, number_region
 from .render import Rendered, render_message
 from .runs import member_from_context
 from .runtime import Runtime
@@ -74,6 +78,8 @@ class BatchOutcome:
     failed: int = 0
     retried: int = 0
     skipped: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    in_doubt: int = 0  # sends left in doubt by this batch (settled on a later claim)
+    settled: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # in-doubt rows settled, by how
 
 
 class DeliveryWorker:
@@ -87,6 +93,7 @@ class DeliveryWorker:
         self.batch_size = batch_size
         self.linked = linked or LinkedContentFetcher(clock=rt.clock, policy=LinkedUrlPolicy())
         self._campaigns: dict[str, Campaign] = {}
+        self._settling: dict[int, str] = {}  # outbox id -> how its doubt is being settled (resent, failover)
 
     def campaign_for(self, row: OutboxRow) -> Campaign | None:
         key = row.spec_hash or f"live:{row.campaign}"
@@ -134,16 +141,85 @@ class DeliveryWorker:
                                     template_variables=r.template_variables,
                                     metadata={"campaign": name, "run": str(row.run_id or "")})
                     for row, r in ready]
-        await self._send(campaign, ready, messages, outcome, deadline)
+        plans = await self._settle_doubts(campaign, ready, messages, outcome)
+        await asyncio.gather(*(self._send(campaign, [ready[i] for i in picked], [messages[i] for i in picked],
+                                          outcome, deadline, exclude=exclude, prefer=prefer)
+                               for (exclude, prefer), picked in plans.items()))
+
+    async def _settle_doubts(self, campaign: Campaign, ready: list[tuple[OutboxRow, Rendered]],
+                             messages: list[OutboundMessage], outcome: BatchOutcome,
+                             ) -> dict[tuple[tuple[str, ...], str | None], list[int]]:
+        """Settle the batch's in-doubt rows (doubt.settle) and plan the sends: indices into `ready` per
+        (excluded providers, preferred provider). Fresh rows go out as usual; found, waiting and skipped
+        in-doubt rows are written here and not sent."""
+        now = self.rt.clock.now()
+        plans: dict[tuple[tuple[str, ...], str | None], list[int]] = defaultdict(list)
+        verdicts = await asyncio.gather(*(self._verdict(campaign, row, message, now)
+                                          for (row, _), message in zip(ready, messages, strict=True)))
+        found: list[SendResult] = []
+        waiting: dict[int, str] = {}
+        wait_until: dict[int, datetime] = {}
+        skipped: list[tuple[OutboxRow, str]] = []
+        for index, ((row, rendered), verdict) in enumerate(zip(ready, verdicts, strict=True)):
+            if verdict is None or verdict.action == "resend":
+                if verdict is not None:
+                    self._settling[row.id] = verdict.settled or "resent"
+                plans[(verdict.exclude, verdict.prefer) if verdict else ((), None)].append(index)
+            elif verdict.action == "found":
+                result = ProviderResult(row.idempotency_key, verdict.provider, "sent", verdict.provider_message_id,
+                                        None, False, 0, rendered.segments)
+                self._settling[row.id] = "found"
+                found.append(self._final(row, rendered, result, now))
+            elif verdict.action == "wait":
+                waiting[row.id] = verdict.doubt.to_json()
+                wait_until[row.id] = verdict.retry_at or now
+            else:
+                skipped.append((row, verdict.reason))
+        await asyncio.to_thread(self._write_settled, found, waiting, wait_until, skipped)
+        outcome.sent += len(found)
+        outcome.settled["found"] += len(found)
+        outcome.settled["skipped"] += len(skipped)
+        outcome.skipped["in_doubt"] += len(skipped)
+        return plans
+
+    async def _verdict(self, campaign: Campaign, row: OutboxRow, message: OutboundMessage,
+                       now: datetime) -> doubt.Verdict | None:
+        """None for a fresh row; else what to do with this in-doubt one now."""
+        if row.doubt is None and not row.abandoned_claim:
+            return None
+        try:
+            group = self.router.group_for(row.phone, campaign.spec.providerGroup)
+        except RoutingError:
+            group = None
+        open_doubt = doubt.doubt_of(row, group, now)
+        if open_doubt is None:
+            return None
+        return await doubt.settle(self.router, group, message, open_doubt, now, row.claim_count)
+
+    def _write_settled(self, found: list[SendResult], waiting: dict[int, str], wait_until: dict[int, datetime],
+                       skipped: list[tuple[OutboxRow, str]]) -> None:
+        store = self.rt.store
+        if found:
+            store.complete(self.rt.worker_id, found)
+        for retry_at in sorted(set(wait_until.values())):
+            store.release_in_doubt(self.rt.worker_id, {i: d for i, d in waiting.items() if wait_until[i] == retry_at},
+                                   retry_at=retry_at)
+        for row, reason in skipped:
+            if store.skip_in_doubt(self.rt.worker_id, [row.id], redact(reason)):
+                self.rt.metrics.skips.labels(reason="in_doubt").inc()
 
     async def _send(self, campaign: Campaign, ready: list[tuple[OutboxRow, Rendered]],
-                    messages: list[OutboundMessage], outcome: BatchOutcome, deadline: float | None) -> None:
+                    messages: list[OutboundMessage], outcome: BatchOutcome, deadline: float | None, *,
+                    exclude: tuple[str, ...] = (), prefer: str | None = None) -> None:
         """Send the batch and record accepted messages every EARLY_RECORD_SECONDS while the rest are
         still in flight, so a crash leaves only the last moment's answers unrecorded (in doubt, resent
         after the lease), not the whole batch."""
+        if not messages:
+            return
         accepted: list[ProviderResult] = []
+        started = self.rt.clock.now()
         sending = asyncio.ensure_future(self.router.send(
-            messages, group=campaign.spec.providerGroup, deadline=deadline,
+            messages, group=campaign.spec.providerGroup, deadline=deadline, exclude=exclude, prefer=prefer,
             on_result=lambda result: accepted.append(result) if result.status == "sent" else None))
         early: list[SendResult] = []
         try:
@@ -156,7 +232,7 @@ class DeliveryWorker:
         finally:
             if not sending.done():
                 sending.cancel()
-        await self._record(campaign, ready, sending.result(), outcome, early=early)
+        await self._record(campaign, ready, sending.result(), outcome, early=early, started=started)
 
     async def _complete(self, ready: list[tuple[OutboxRow, Rendered]],
                         results: Sequence[ProviderResult]) -> list[SendResult]:
@@ -208,6 +284,7 @@ class DeliveryWorker:
                          "runs": sorted({r.run_id for r in rows if r.run_id is not None})})])
 
     def _final(self, row: OutboxRow, rendered: Rendered, result: ProviderResult, now: datetime) -> SendResult:
+        assert result.status != "in_doubt", "an in-doubt send is released with its doubt, never recorded final"
         provider = self.state.providers.get(result.provider or "")
         self.rt.metrics.sends.labels(provider=result.provider or "none", status=result.status).inc()
         self.rt.metrics.send_wait.observe(max(0.0, (now - row.not_before).total_seconds()))
@@ -215,21 +292,27 @@ class DeliveryWorker:
             outbox_id=row.id, status=result.status, provider=result.provider,
             provider_message_id=result.provider_message_id, attempts=result.attempts, error=result.error,
             segments=rendered.segments,
-            cost=message_cost(provider, row.phone, rendered.segments) if result.status == "sent" else None)
+            cost=message_cost(provider, row.phone, rendered.segments) if result.status == "sent" else None,
+            doubt_settled=self._settling.pop(row.id, None))
 
     async def _record(self, campaign: Campaign, ready: list[tuple[OutboxRow, Rendered]],
                       results: Sequence[ProviderResult], outcome: BatchOutcome,
-                      early: Sequence[SendResult] = ()) -> None:
-        """Record the batch's remaining results (`early` ones are already written) and audit it."""
+                      early: Sequence[SendResult] = (), started: datetime | None = None) -> None:
+        """Record the batch's remaining results (`early` ones are already written) and audit it. In-doubt
+        results go back to the queue with their doubt, to be settled before any resend."""
         now = self.rt.clock.now()
         by_key = {r.message_id: r for r in results}
         recorded = {r.outbox_id for r in early}
         fresh: list[SendResult] = []
         retry: list[OutboxRow] = []
+        doubtful: list[tuple[OutboxRow, ProviderResult]] = []
         for row, rendered in ready:
             if row.id in recorded:
                 continue
             result = by_key[row.idempotency_key]
+            if result.status == "in_doubt":
+                doubtful.append((row, result))
+                continue
             never_attempted = result.attempts == 0  # deferred (send-rate limit, claim deadline): not a failure
             if result.status == "failed" and result.retryable and (never_attempted or row.claim_count < MAX_CLAIMS):
                 retry.append(row)
@@ -237,6 +320,9 @@ class DeliveryWorker:
             fresh.append(self._final(row, rendered, result, now))
         if fresh:
             await asyncio.to_thread(self.rt.store.complete, self.rt.worker_id, fresh)
+        if doubtful:
+            await asyncio.to_thread(self._release_in_doubt, doubtful, started or now, now)
+            outcome.in_doubt += len(doubtful)
         final = [*early, *fresh]
         for row in retry:
             result = by_key[row.idempotency_key]
@@ -253,6 +339,20 @@ class DeliveryWorker:
         outcome.retried += len(retry)
         if final:
             await asyncio.to_thread(self._audit_batch, campaign, ready, final)
+
+    def _release_in_doubt(self, doubtful: Sequence[tuple[OutboxRow, ProviderResult]], started: datetime,
+                          now: datetime) -> None:
+        """Give in-doubt rows back, each not before its provider's lookup can answer (at once when the
+        provider has none: the group's policy decides on the next claim)."""
+        by_time: dict[datetime, dict[int, str]] = defaultdict(dict)
+        for row, result in doubtful:
+            self._settling.pop(row.id, None)
+            self.rt.metrics.sends.labels(provider=result.provider or "none", status="in_doubt").inc()
+            record = doubt.sent_in_doubt(result.provider, started, now, result.error or "no answer")
+            delay = self.router.lookup_delay(result.provider) if result.provider else 0.0
+            by_time[now + max(DEFER_DELAY, timedelta(seconds=delay))][row.id] = record.to_json()
+        for retry_at, doubts in by_time.items():
+            self.rt.store.release_in_doubt(self.rt.worker_id, doubts, retry_at=retry_at)
 
     def _audit_batch(self, campaign: Campaign, ready: list[tuple[OutboxRow, Rendered]],
                      final: Sequence[SendResult]) -> None:
@@ -286,6 +386,9 @@ async def drain(workers: Sequence[DeliveryWorker], max_batches: int = 1000) -> B
             total.sent += o.sent
             total.failed += o.failed
             total.retried += o.retried
+            total.in_doubt += o.in_doubt
+            for k, v in o.settled.items():
+                total.settled[k] += v
             for k, v in o.skipped.items():
                 total.skipped[k] += v
         if all(o.claimed == 0 for o in outcomes):

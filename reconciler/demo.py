@@ -29,7 +29,7 @@ from .config import RuntimeConfig
 from .delivery import BatchOutcome
 from .engine import Engine, TickResult
 from .gitsource import GitSource
-from .providers.mock_server import running_mock_server
+from .providers.mock_server import MockState, running_mock_server
 from .runtime import Runtime
 from .store import open_state_store
 
@@ -150,7 +150,7 @@ def demo_world(workdir: Path, *, population: int = 200, state_url: str | None = 
     store = open_state_store(state_url or f"sqlite:///{workdir / 'state.db'}", clock=clock)
     audience = open_audience_store(audience_url or f"duckdb:///{workdir / 'audience.duckdb'}")
     try:
-        with running_mock_server() as mock_url:
+        with running_mock_server(MockState(clock=lambda: clock.now().timestamp())) as mock_url:
             users, events = sample_population(population, start)
             audience.upsert_users([parse_user(u) for u in users], now=start)
             audience.insert_events([parse_event(e) for e in events])

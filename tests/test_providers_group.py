@@ -5,8 +5,9 @@ not assumed."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import timedelta
+import asyncio
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -14,7 +15,8 @@ import pytest
 from reconciler.clock import FakeClock
 from reconciler.config import RuntimeConfig
 from reconciler.loading import DesiredState, SourceFile, load_files
-from reconciler.providers import GroupRouter, OutboundMessage, RetryPolicy
+from reconciler.providers import GroupRouter, OutboundMessage, ProviderError, RetryPolicy
+from reconciler.providers.base import Found, InDoubt
 from reconciler.providers.mock_server import MockState, running_mock_server
 
 ENV = {"T_TOKEN": "twilio-token-123", "V_SECRET": "vonage-secret-123", "M_KEY": "msg91-key-123",
@@ -209,9 +211,9 @@ async def test_failover_when_first_provider_is_down(desired, mock, clock) -> Non
 
 
 @pytest.mark.anyio
-async def test_failover_when_first_provider_returns_5xx_sometimes(desired, mock, clock) -> None:
+async def test_failover_when_first_provider_returns_503_sometimes(desired, mock, clock) -> None:
     url, state = mock
-    fault(url, provider="twilio", error_rate=0.5, status=500)
+    fault(url, provider="twilio", error_rate=0.5, status=503)  # 503: nothing was accepted, safe to retry
     batch = messages(40)
     sleeps = Sleeps()
     async with router(desired, url, clock, sleeps, retry=RetryPolicy(attempts_per_provider=2)) as r:
@@ -225,18 +227,70 @@ async def test_failover_when_first_provider_returns_5xx_sometimes(desired, mock,
 
 
 @pytest.mark.anyio
-async def test_failover_when_first_provider_is_too_slow(desired, mock, clock) -> None:
+async def test_a_provider_too_slow_to_answer_leaves_the_message_in_doubt_never_failed_over(desired, mock, clock) -> None:
+    """Realistic mock: Twilio carries on with a request whose client timed out. Failing over (the old
+    behaviour) would have sent every message twice; instead each is in doubt at p-twilio, and the
+    lookup finds the message Twilio did send."""
     url, state = mock
-    fault(url, provider="twilio", latency_ms=1500)  # p-twilio times out after 0.25 s
+    fault(url, provider="twilio", latency_ms=1000)  # p-twilio times out after 0.25 s
     batch = messages(4)
     async with router(desired, url, clock, retry=RetryPolicy(attempts_per_provider=2)) as r:
         results = await r.send(batch)
-    assert [x.provider for x in results] == ["p-vonage"] * 4
-    assert all(x.attempts >= 2 for x in results), "tried at twilio first (the breaker may cut retries short)"
-    stats = state.stats()["providers"]
-    assert state.query("twilio") == [], "a request the client gave up on is not delivered"
-    assert stats["twilio"]["requests"] == sum(x.attempts - 1 for x in results)
+        assert [(x.status, x.provider, x.attempts) for x in results] == [("in_doubt", "p-twilio", 1)] * 4
+        assert all("may have accepted" in (x.error or "") for x in results)
+        assert state.query("vonage") == [], "never failed over on an ambiguous outcome"
+        await _until(lambda: len(state.query("twilio")) == 4, seconds=10)
+        now = datetime.now(UTC)  # the mock stamps messages with the real clock
+        found = [await r.look_up("p-twilio", InDoubt(m, now - timedelta(seconds=5), now)) for m in batch]
+    sids = {m.idempotency_key: m.provider_message_id for m in state.query("twilio")}
+    assert [f.provider_message_id for f in found if isinstance(f, Found)] == [sids[m.message_id] for m in batch]
     delivered_once(state, batch)
+
+
+@pytest.mark.anyio
+async def test_a_500_leaves_the_message_in_doubt_and_the_lookup_tells_whether_it_was_taken(desired, mock, clock) -> None:
+    url, state = mock
+    fault(url, provider="twilio", error_rate=1.0, status=500, accept=True, times=1)  # taken, then a 500
+    fault_free, taken = messages(2)
+    async with router(desired, url, clock) as r:
+        (first,) = await r.send([taken])
+        assert (first.status, first.provider, first.attempts) == ("in_doubt", "p-twilio", 1)
+        fault(url, provider="twilio", error_rate=1.0, status=502, times=1)  # not taken, then a 502
+        (second,) = await r.send([fault_free])
+        assert (second.status, second.provider) == ("in_doubt", "p-twilio")
+        now = datetime.now(UTC)  # the mock stamps messages with the real clock
+        window = (now - timedelta(minutes=1), now)
+        was_taken = await r.look_up("p-twilio", InDoubt(taken, *window))
+        not_taken = await r.look_up("p-twilio", InDoubt(fault_free, *window))
+    assert isinstance(was_taken, Found) and was_taken.provider_message_id == state.query("twilio")[0].provider_message_id
+    assert isinstance(not_taken, Found) and not_taken.provider_message_id is None
+    assert state.query("vonage") == []
+
+
+@pytest.mark.anyio
+async def test_a_request_that_cannot_be_built_is_refused_with_a_reason_and_fails_over(desired, mock, clock) -> None:
+    """A two-line secret file puts a newline in a header: httpx raises ValueError while building the
+    request. That is a definite refusal (nothing left Herald), reported without the secret."""
+    url, state = mock
+    env = {**ENV, "T_TOKEN": "twilio-token-123\nsecond-line"}
+    async with GroupRouter(desired, RuntimeConfig(provider_base_url=url), clock, sleep=Sleeps(), environ=env) as r:
+        adapter = r.adapter("p-twilio")
+        assert not isinstance(adapter, ProviderError)
+        adapter.authorization = "Basic x\ny"  # what a secret with a newline yields
+        results = await r.send(messages(2))
+        (alone,) = await r.send_via("p-twilio", messages(1, prefix="solo"))
+    assert [(x.status, x.provider) for x in results] == [("sent", "p-vonage")] * 2
+    assert alone.status == "failed" and "could not be" in (alone.error or "")
+    assert "second-line" not in repr(alone) and "x\ny" not in repr(alone)
+    assert state.query("twilio") == []
+
+
+async def _until(condition: Callable[[], bool], seconds: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not condition():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
 
 
 @pytest.mark.anyio
@@ -369,12 +423,27 @@ async def test_misconfigured_provider_is_skipped_with_a_redacted_reason(desired,
 async def test_send_via_one_provider_and_resend_is_deduplicated_by_the_mock(desired, mock, clock) -> None:
     url, state = mock
     message = OutboundMessage("run-1:user-1", "+447911123456", "Same message, sent twice after a crash")
-    async with router(desired, url, clock) as r:
-        first = await r.send_via("p-vonage", [message])
-        second = await r.send_via("p-vonage", [message])
+    state.dedupe = True  # the idempotent-provider mode
+    try:
+        async with router(desired, url, clock) as r:
+            first = await r.send_via("p-vonage", [message])
+            second = await r.send_via("p-vonage", [message])
+    finally:
+        state.dedupe = False
     assert first[0].provider_message_id == second[0].provider_message_id
     stats = state.stats()["providers"]["vonage"]
     assert stats["messages"] == 1 and stats["duplicates"] == 1
+
+
+@pytest.mark.anyio
+async def test_a_real_provider_does_not_deduplicate_a_resend(desired, mock, clock) -> None:
+    url, state = mock
+    message = OutboundMessage("run-1:user-1", "+447911123456", "Same message, sent twice after a crash")
+    async with router(desired, url, clock) as r:
+        first = await r.send_via("p-vonage", [message])
+        second = await r.send_via("p-vonage", [message])
+    assert first[0].provider_message_id != second[0].provider_message_id
+    assert len(state.query("vonage")) == 2  # what a blind resend costs at a real provider
 
 
 @pytest.mark.anyio

@@ -1,4 +1,5 @@
-"""The mock provider server itself (dedupe, faults, abandoned requests, queries) and the CLI commands."""
+"""The mock provider server itself (realistic by default, dedupe on request, faults, abandoned requests,
+lookups in the providers' real shapes, queries) and the CLI commands."""
 
 from __future__ import annotations
 
@@ -36,8 +37,39 @@ def mock(server: tuple[str, MockState]) -> Iterator[tuple[str, MockState]]:
     yield url, state
 
 
-def test_duplicate_idempotency_key_replays_the_first_answer(mock) -> None:
-    url, _ = mock
+@pytest.fixture
+def idempotent(mock: tuple[str, MockState]) -> Iterator[tuple[str, MockState]]:
+    """The mock in its deduplicating, request-dropping mode (the idempotent-provider case)."""
+    url, state = mock
+    httpx.post(f"{url}/_mock/mode", json={"dedupe": True, "finish_abandoned": False}).raise_for_status()
+    try:
+        yield url, state
+    finally:
+        httpx.post(f"{url}/_mock/mode", json={"dedupe": False, "finish_abandoned": True}).raise_for_status()
+
+
+def test_by_default_a_repeated_idempotency_key_is_a_second_message(mock) -> None:
+    url, state = mock
+    first = httpx.post(url + TWILIO_PATH, data=TWILIO_FORM, headers={**AUTH, "Idempotency-Key": "k-1"})
+    again = httpx.post(url + TWILIO_PATH, data=TWILIO_FORM, headers={**AUTH, "Idempotency-Key": "k-1"})
+    assert first.status_code == again.status_code == 201
+    assert first.json()["sid"] != again.json()["sid"]  # like Twilio: no deduplication
+    assert [m.idempotency_key for m in state.query("twilio")] == ["k-1", "k-1"]
+    assert httpx.get(f"{url}/_mock/stats").json()["providers"]["twilio"] == {"requests": 2, "messages": 2}
+
+
+def test_by_default_a_client_that_gives_up_still_gets_its_message_sent(mock) -> None:
+    url, state = mock
+    httpx.post(f"{url}/_mock/faults", json={"provider": "twilio", "latency_ms": 400})
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url + TWILIO_PATH, data=TWILIO_FORM, headers=AUTH, timeout=0.1)
+    assert asyncio.run(_wait_for(lambda: len(state.query("twilio")) == 1, attempts=300)), "the late request was finished"
+    stats = httpx.get(f"{url}/_mock/stats").json()["providers"]["twilio"]
+    assert stats["abandoned"] == stats["late"] == stats["messages"] == 1
+
+
+def test_duplicate_idempotency_key_replays_the_first_answer(idempotent) -> None:
+    url, _ = idempotent
     first = httpx.post(url + TWILIO_PATH, data=TWILIO_FORM, headers={**AUTH, "Idempotency-Key": "k-1"})
     again = httpx.post(url + TWILIO_PATH, data=TWILIO_FORM, headers={**AUTH, "Idempotency-Key": "k-1"})
     other = httpx.post(url + TWILIO_PATH, data=TWILIO_FORM, headers={**AUTH, "Idempotency-Key": "k-2"})
@@ -83,8 +115,8 @@ def test_malformed_answer_is_still_a_delivery(mock) -> None:
     assert len(state.query("twilio")) == 1
 
 
-def test_client_that_gives_up_is_not_recorded_as_delivered(mock) -> None:
-    url, state = mock
+def test_client_that_gives_up_is_not_recorded_as_delivered(idempotent) -> None:
+    url, state = idempotent
     httpx.post(f"{url}/_mock/faults", json={"provider": "twilio", "latency_ms": 800})
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(url + TWILIO_PATH, data=TWILIO_FORM, headers=AUTH, timeout=0.15)
@@ -176,3 +208,29 @@ def test_cli_receipt_urls_prints_tokens_that_the_receipt_routes_accept(monkeypat
     path = exotel_url.removeprefix("https://herald.example")
     answer = TestClient(app).post(path, data={"SmsSid": "s1", "Status": "delivered"})
     assert answer.status_code == 200
+
+
+def test_twilio_message_list_reads_with_the_official_sdk_after_the_visibility_delay(mock) -> None:
+    """GET …/Messages.json in Twilio's real shape: the twilio SDK pages through it and models every
+    field; a message shows only once the configured visibility delay has passed."""
+    twilio_rest = pytest.importorskip("twilio.rest")
+    url, state = mock
+    httpx.post(f"{url}/_mock/mode", json={"visibility_delay": 0.5}).raise_for_status()
+    try:
+        sids = [httpx.post(url + TWILIO_PATH, data={**TWILIO_FORM, "Body": f"hello {i}"}, headers=AUTH).json()["sid"]
+                for i in range(3)]
+        httpx.post(url + TWILIO_PATH, data={**TWILIO_FORM, "To": "+14155550999"}, headers=AUTH).raise_for_status()
+        client = twilio_rest.Client("AC1", "token")
+        client.api.base_url = f"{url}/twilio"
+        assert client.messages.list(to=TWILIO_FORM["To"]) == []  # not visible yet
+        assert asyncio.run(_wait_for(lambda: len(client.messages.list(to=TWILIO_FORM["To"])) == 3, attempts=150))
+        listed = client.messages.list(to=TWILIO_FORM["To"], from_=TWILIO_FORM["From"], page_size=2)
+    finally:
+        httpx.post(f"{url}/_mock/mode", json={"visibility_delay": 0.0}).raise_for_status()
+    assert [m.sid for m in listed] == sids[::-1]  # newest first, across two pages
+    first = listed[-1]
+    assert (first.body, first.to, first.from_, first.direction) == ("hello 0", "+14155550123", "+14155550100",
+                                                                   "outbound-api")
+    assert first.date_created is not None and first.account_sid == "AC1" and first.num_segments == "1"
+    assert {m.to for m in client.messages.list()} == {"+14155550123", "+14155550999"}
+    assert len(state.query("twilio")) == 4

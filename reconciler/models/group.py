@@ -9,6 +9,7 @@ from pydantic import Field
 from .common import CountryCode, DocumentBase, StrictModel
 
 MAX_PROVIDERS_PER_GROUP = 10
+InDoubtPolicy = Literal["skip", "resend", "failover"]
 
 
 class CircuitBreaker(StrictModel):
@@ -23,6 +24,14 @@ class ProviderGroupSpec(StrictModel):
     countries: list[CountryCode] = Field(default_factory=list, description="Route numbers of these countries here.")
     default: bool = Field(default=False, description="Used for numbers no country group claims. At most one.")
     circuitBreaker: CircuitBreaker = Field(default_factory=CircuitBreaker)
+    inDoubt: InDoubtPolicy = Field(
+        default="skip",
+        description="What to do with a message whose send is in doubt (the provider may have accepted it: "
+                    "timeout after the request was written, 500/502/504, a crash between send and record) "
+                    "at a provider that offers no message lookup. skip: record it skipped with the reason, "
+                    "never a duplicate (default); resend: send again, same provider first (a duplicate "
+                    "when the first send got through); failover: send through the group's other "
+                    "providers. Providers with a lookup (twilio) are always asked first.")
 
 
 class ProviderGroup(DocumentBase):

@@ -31,6 +31,11 @@ class Pricing(StrictModel):
 class ProviderCommon(StrictModel):
     baseUrl: str | None = Field(default=None, description="Override the provider's API base URL (tests, regions).")
     timeoutSeconds: float = Field(default=10.0, gt=0, le=120)
+    lookupDelaySeconds: float | None = Field(
+        default=None, ge=0, le=3600,
+        description="How long after an in-doubt send (no answer, 500/502/504, a crash) the provider's message "
+                    "lookup is trusted to show the message if it was accepted; unset: the provider's own "
+                    "default (docs/providers.md). Only providers with a lookup use it.")
     rateLimit: RateLimit | None = None
     pricing: Pricing | None = None
 

@@ -1,13 +1,17 @@
 """Provider groups: route by country, fail over in priority order, retry with backoff, break circuits.
 
 For each group the router walks the providers in order. At one provider a message (or batch) is
-retried while the error is retryable (timeouts, connection errors, 429, 5xx), waiting an exponential
-backoff with jitter, never less than the provider's Retry-After. When the provider stays unhealthy,
-or refuses for an account reason (auth, suspended sender), the pending messages move to the next
-provider. A message-level refusal (invalid number, missing template) ends that message: another
-provider would refuse it too. Each provider has a circuit breaker: after `failureThreshold`
-consecutive failed requests it is skipped until `cooldownSeconds` have passed on the Clock, then a
-single probe request decides whether it closes again.
+retried while the error is a definite, retryable refusal (connect failures, 429, 503), waiting an
+exponential backoff with jitter, never less than the provider's Retry-After. When the provider stays
+unhealthy, or refuses for an account reason (auth, suspended sender), the pending messages move to
+the next provider. A message-level refusal (invalid number, missing template) ends that message:
+another provider would refuse it too. An IN-DOUBT outcome (timeout after the request was written,
+dropped connection, 500/502/504: the provider may have accepted it) also ends the message here, as
+`in_doubt`: it is neither retried nor failed over, since either could send it twice; the caller
+settles it later by asking the provider (`look_up`) or by the group's `inDoubt` policy. Each
+provider has a circuit breaker: after `failureThreshold` consecutive failed requests it is skipped
+until `cooldownSeconds` have passed on the Clock, then a single probe request decides whether it
+closes again.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
@@ -30,6 +34,8 @@ from ..models import ProviderGroup
 from ..models.group import CircuitBreaker
 from ..secrets import SecretError
 from .base import (
+    Found,
+    InDoubt,
     OutboundMessage,
     Outcome,
     ProviderAdapter,
@@ -239,10 +245,31 @@ class GroupRouter:
             return self.state.groups[group].spec.circuitBreaker
         return CircuitBreaker()
 
+    # -- in-doubt lookups ------------------------------------------------------------------
+
+    def can_look_up(self, provider_name: str) -> bool:
+        adapter = self.adapter(provider_name)
+        return isinstance(adapter, ProviderAdapter) and adapter.supports_lookup
+
+    def lookup_delay(self, provider_name: str) -> float:
+        adapter = self.adapter(provider_name)
+        return adapter.lookup_delay if isinstance(adapter, ProviderAdapter) else 0.0
+
+    async def look_up(self, provider_name: str, doubt: InDoubt) -> Found | ProviderError:
+        """Ask `provider_name` whether it accepted the in-doubt message (see ProviderAdapter.lookup)."""
+        adapter = self.adapter(provider_name)
+        if isinstance(adapter, ProviderError):
+            return adapter
+        if not adapter.supports_lookup:
+            return ProviderError(f"{provider_name} has no message lookup", retryable=False, scope="provider")
+        async with self._semaphore:
+            return await adapter.lookup(doubt)
+
     # -- sending -------------------------------------------------------------------------
 
     async def send(self, messages: Sequence[OutboundMessage], group: str | None = None, *,
-                   on_result: ResultHook | None = None, deadline: float | None = None) -> list[SendResult]:
+                   on_result: ResultHook | None = None, deadline: float | None = None,
+                   exclude: Collection[str] = (), prefer: str | None = None) -> list[SendResult]:
         """Send each message through its group (or `group`); one SendResult per message, in order.
 
         `on_result` is called with each message's final result the moment it is known (before the
@@ -250,7 +277,9 @@ class GroupRouter:
         `deadline` (event-loop time, e.g. when the caller's claim on the messages ends): every
         attempt's timeout is shortened to end by it, no attempt starts with less than
         MIN_ATTEMPT_SECONDS (or the provider's timeout) left and no backoff sleeps past it; messages
-        still unsent then fail as retryable."""
+        still unsent then fail as retryable. Providers named in `exclude` are passed over (an in-doubt
+        message failed over by policy must not go back to the provider that may have it); `prefer` is
+        tried first (an in-doubt message the provider turned out not to have goes back to it)."""
         tally = _Tally(on_result=on_result, deadline=deadline)
         by_group: dict[str, list[_Pending]] = {}
         for message in messages:
@@ -261,7 +290,7 @@ class GroupRouter:
                     None, message, ProviderError(str(exc), retryable=False, scope="message"), attempts=0))
                 continue
             by_group.setdefault(chosen.name, []).append(_Pending(message))
-        await asyncio.gather(*(self._send_group(self.state.groups[name], pending, tally)
+        await asyncio.gather(*(self._send_group(self.state.groups[name], pending, tally, exclude, prefer)
                                for name, pending in by_group.items()))
         return [tally.results[m.message_id] for m in messages]
 
@@ -281,9 +310,16 @@ class GroupRouter:
         self._finish(left, tally)
         return [tally.results[m.message_id] for m in messages]
 
-    async def _send_group(self, group: ProviderGroup, pending: list[_Pending], tally: _Tally) -> None:
+    async def _send_group(self, group: ProviderGroup, pending: list[_Pending], tally: _Tally,
+                          exclude: Collection[str] = (), prefer: str | None = None) -> None:
         settings = group.spec.circuitBreaker
-        for provider_name in group.spec.providers:
+        order = list(group.spec.providers)
+        if prefer in order:
+            order.remove(prefer)
+            order.insert(0, prefer)
+        for provider_name in order:
+            if provider_name in exclude:
+                continue
             if not pending:
                 return
             pending = await self._send_provider(provider_name, settings, pending, tally)
@@ -371,12 +407,14 @@ class GroupRouter:
 
     def _settle(self, provider: str, chunk: list[_Pending], outcomes: list[Outcome],
                 tally: _Tally) -> list[_Pending]:
-        """Record final results; return the messages that may still be sent (here or elsewhere)."""
+        """Record final results (accepted, refused for this message, or in doubt); return the messages
+        that were refused for sure and so may still be sent (here or elsewhere)."""
         again: list[_Pending] = []
         for item, outcome in zip(chunk, outcomes, strict=True):
             item.attempts += 1
             item.last_provider = provider
-            if isinstance(outcome, ProviderError) and (outcome.scope == "provider" or outcome.retryable):
+            if (isinstance(outcome, ProviderError) and not outcome.ambiguous
+                    and (outcome.scope == "provider" or outcome.retryable)):
                 item.last_error = outcome
                 again.append(item)
             else:

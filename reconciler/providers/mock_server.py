@@ -2,21 +2,30 @@
 
 Each provider's send endpoint lives under /{type}/… with the real path and answer format (a generic
 provider under /generic_http/{provider name}/{its url path}). Every accepted message is recorded with
-the fields the provider would have seen, its Idempotency-Key and the time it arrived. A request that
-repeats an Idempotency-Key already answered gets the first answer again and is counted as a duplicate,
-not recorded twice, so tests can measure exactly-once delivery.
+the fields the provider would have seen, its Idempotency-Key and the time it arrived.
+
+By default the mock behaves like the real APIs (none of which documents deduplication):
+- it does NOT deduplicate: a resend is a second message, recorded twice (tests count it as doubled);
+- it DOES finish requests whose client gave up: with latency injected, a client that times out and
+  hangs up still gets its message recorded (counted `late`), as a real provider would have sent it;
+- it serves Twilio's Message list (GET …/Messages.json, filtered by To/From/DateSent, paged, every
+  field the twilio SDK reads) where a message shows up `visibility_delay` seconds after it was taken.
+MockState(dedupe=True, finish_abandoned=False) is the old idempotent provider: a request repeating an
+Idempotency-Key already answered gets the first answer again (counted `duplicates`), and a request
+whose client hung up is dropped unprocessed (counted `abandoned`).
 
 Control endpoints:
   GET  /_mock/messages?provider=NAME&to=NUMBER   recorded messages
   GET  /_mock/stats                              per-provider request/message/duplicate/abandoned counts
   POST /_mock/faults  {"provider": NAME, "error_rate": 0.5, "status": 503, "latency_ms": 200,
                        "down": true, "rate_limited": true, "retry_after": 2, "malformed": true,
-                       "times": N, "clear": true}
+                       "accept": true, "times": N, "clear": true}
+  POST /_mock/mode    {"dedupe": false, "finish_abandoned": true, "visibility_delay": 0.5}
   POST /_mock/reset                              forget messages, faults and counters
 
 NAME is the provider type (twilio, vonage, msg91, exotel, netcore) or a generic provider's name.
-With latency injected, a client that disconnects before the answer is ready (its timeout) is counted
-as `abandoned` and its message is NOT recorded: the request was never processed.
+`accept: true` makes an injected error come AFTER the message was taken (a 500 from a handler that
+crashed late): the message is recorded and the client sees the error.
 """
 
 from __future__ import annotations
@@ -33,8 +42,9 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from email.utils import formatdate
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -58,6 +68,7 @@ class Fault:
     rate_limited: bool = False
     retry_after: float = 1.0
     malformed: bool = False
+    accept: bool = False  # injected errors come after the message was recorded
     times: int | None = None  # only the next N requests; None: until cleared
 
     @classmethod
@@ -80,6 +91,8 @@ class Received:
     received_at: float
     fields: dict[str, Any] = field(default_factory=dict)
     segments: int = 1
+    account: str = ""  # the account it was sent on (Twilio, Exotel: the path's AccountSid)
+    visible_at: float = 0.0  # when the provider's lookup starts showing it
 
 
 @dataclass
@@ -104,9 +117,14 @@ class Rejected(Exception):
 class MockState:
     """What the mock received; thread-safe so tests can read it while the server runs elsewhere."""
 
-    def __init__(self, seed: int | None = None) -> None:
+    def __init__(self, seed: int | None = None, *, dedupe: bool = False, finish_abandoned: bool = True,
+                 visibility_delay: float = 0.0, clock: Callable[[], float] = time.time) -> None:
         self.lock = threading.Lock()
+        self.clock = clock  # epoch seconds stamped on messages and read by lookups (a test's FakeClock)
         self.rng = random.Random(seed)
+        self.dedupe = dedupe  # replay the first answer to a repeated Idempotency-Key
+        self.finish_abandoned = finish_abandoned  # a request whose client hung up is still processed
+        self.visibility_delay = visibility_delay  # seconds before a taken message shows in lookups
         self.reset()
 
     def reset(self) -> None:
@@ -133,16 +151,19 @@ class MockState:
             return fault
 
     def replay(self, provider: str, key: str | None) -> Answer | None:
-        if key is None:
+        if key is None or not self.dedupe:
             return None
         with self.lock:
             return self.answers.get((provider, key))
 
     def accept(self, provider: str, key: str | None, answer: Answer, received: list[Received],
                scope: str | None = None) -> None:
+        now = self.clock()
+        for message in received:
+            message.received_at, message.visible_at = now, now + self.visibility_delay
         with self.lock:
             self.messages.extend(received)
-            if key is not None:
+            if key is not None and self.dedupe:
                 self.answers[(scope or provider, key)] = answer
             self.counters.setdefault(provider, Counter())["messages"] += len(received)
 
@@ -212,14 +233,79 @@ async def _twilio(request: Request, raw: bytes, key: str | None) -> Handled:
         raise error(400, 21602, "Message body is required.")
     sid = _new_id("SM")
     account = request.path_params["account"]
-    answer = _json(201, {
-        "sid": sid, "account_sid": account, "to": to, "from": form.get("From"),
-        "messaging_service_sid": form.get("MessagingServiceSid"), "body": body, "status": "queued",
-        "num_segments": str(analyze(body).segments), "direction": "outbound-api", "api_version": "2010-04-01",
-        "error_code": None, "error_message": None,
+    received = _record("twilio", "twilio", to, body, key, sid, form)
+    received.account = account
+    return _json(201, _twilio_message(received)), [received]
+
+
+def _twilio_message(message: Received, now: float | None = None) -> dict[str, Any]:
+    """A Message resource as Twilio shows it (every field twilio-python's MessageInstance reads); once
+    `now` is a second past its creation it reads as sent, with a date_sent."""
+    sid, account = message.provider_message_id, message.account
+    sent = now is not None and now >= message.received_at + 1
+    return {
+        "account_sid": account, "api_version": "2010-04-01", "body": message.body,
+        "date_created": formatdate(message.received_at, usegmt=True),
+        "date_sent": formatdate(message.received_at + 1, usegmt=True) if sent else None,
+        "date_updated": formatdate(message.received_at + (1 if sent else 0), usegmt=True),
+        "direction": "outbound-api", "error_code": None, "error_message": None,
+        "from": message.fields.get("From"), "messaging_service_sid": message.fields.get("MessagingServiceSid"),
+        "num_media": "0", "num_segments": str(message.segments), "price": "-0.00790" if sent else None,
+        "price_unit": "USD", "sid": sid, "status": "sent" if sent else "queued", "to": message.to,
         "uri": f"/2010-04-01/Accounts/{account}/Messages/{sid}.json",
-    })
-    return answer, [_record("twilio", "twilio", to, body, key, sid, form)]
+        "subresource_uris": {"media": f"/2010-04-01/Accounts/{account}/Messages/{sid}/Media.json",
+                             "feedback": f"/2010-04-01/Accounts/{account}/Messages/{sid}/Feedback.json"},
+    }
+
+
+TWILIO_DATE_FILTERS = {"DateSent": "=", "DateSent<": "<", "DateSent>": ">"}
+
+
+def _twilio_list(state: MockState) -> Callable[..., Any]:
+    """GET /2010-04-01/Accounts/{AccountSid}/Messages.json: To, From and DateSent filters (a GMT date,
+    YYYY-MM-DD, or with < / > for on-or-before / on-or-after), newest first, PageSize (max 1000),
+    Page + PageToken paging with next_page_uri. Only messages past their visibility delay show."""
+    async def endpoint(request: Request) -> Response:
+        if not request.headers.get("authorization", "").startswith("Basic "):
+            return JSONResponse({"code": 20003, "message": "Authenticate", "status": 401}, status_code=401)
+        account, query = request.path_params["account"], request.query_params
+        state.count("twilio", "lookups")
+        now = state.clock()
+        found = [m for m in state.query("twilio") if m.account == account and m.visible_at <= now
+                 and query.get("To", m.to) == m.to and query.get("From", m.fields.get("From")) == m.fields.get("From")]
+        for name, op in TWILIO_DATE_FILTERS.items():
+            if name in query:  # date_sent is null until sent: an unsent message never matches
+                found = [m for m in found if _date_matches(m, now, query[name], op)]
+        found.sort(key=lambda m: m.received_at, reverse=True)
+        size = max(1, min(1000, int(query.get("PageSize", "50"))))
+        page = int(query.get("Page", "0"))
+        chunk = found[page * size:(page + 1) * size]
+        base = f"/2010-04-01/Accounts/{account}/Messages.json"
+        filters = {k: v for k, v in query.items() if k not in ("Page", "PageToken", "PageSize")}
+
+        def uri(number: int) -> str:
+            params = {**filters, "PageSize": str(size), "Page": str(number)}
+            if number:
+                params["PageToken"] = f"PA{_new_id(length=30)}"
+            return f"{base}?{urlencode(params)}"
+
+        more = (page + 1) * size < len(found)
+        return JSONResponse({
+            "messages": [_twilio_message(m, now) for m in chunk], "end": page * size + max(0, len(chunk) - 1),
+            "first_page_uri": uri(0), "next_page_uri": uri(page + 1) if more else None, "page": page,
+            "page_size": size, "previous_page_uri": uri(page - 1) if page else None, "start": page * size,
+            "uri": uri(page),
+        })
+
+    return endpoint
+
+
+def _date_matches(message: Received, now: float, value: str, op: str) -> bool:
+    if now < message.received_at + 1:
+        return False  # not sent yet: no date_sent
+    sent_day = time.strftime("%Y-%m-%d", time.gmtime(message.received_at + 1))
+    day = value[:10]
+    return sent_day == day if op == "=" else sent_day <= day if op == "<" else sent_day >= day
 
 
 async def _vonage(request: Request, raw: bytes, key: str | None) -> Handled:
@@ -390,13 +476,10 @@ async def _client_still_there(request: Request, seconds: float) -> bool:
     return not await request.is_disconnected()
 
 
-async def _apply_fault(state: MockState, request: Request, provider: str, type_: str,
-                       fault: Fault | None) -> Answer | None:
+async def _apply_fault(state: MockState, provider: str, type_: str, fault: Fault | None) -> Answer | None:
+    """The fault's answer instead of the provider's (None: no fault fires for this request)."""
     if fault is None:
         return None
-    if fault.latency_ms and not await _client_still_there(request, fault.latency_ms / 1000):
-        state.count(provider, "abandoned")
-        return Answer(499, b"", "text/plain")
     body = FAULT_BODIES[type_]
     if fault.down:
         state.count(provider, "faulted")
@@ -419,8 +502,15 @@ def _handler(type_: str, handle: Callable[[Request, bytes, str | None], Any], st
         raw = await request.body()
         key = request.headers.get("idempotency-key")
         fault = state.fault_for(provider, type_)
-        faulted = await _apply_fault(state, request, provider, type_, fault)
-        if faulted is not None:
+        began = time.monotonic()
+        if fault is not None and fault.latency_ms and not await _client_still_there(request, fault.latency_ms / 1000):
+            state.count(provider, "abandoned")  # the client gave up waiting (its timeout) …
+            if not state.finish_abandoned:
+                return Answer(499, b"", "text/plain").response()
+            state.count(provider, "late")  # … but a real provider carries on with the request, to the end
+            await asyncio.sleep(max(0.0, began + fault.latency_ms / 1000 - time.monotonic()))
+        faulted = await _apply_fault(state, provider, type_, fault)
+        if faulted is not None and not (fault is not None and fault.accept):
             return faulted.response()
         scope = f"{provider}/{request.path_params.get('account', '')}"  # two accounts never share keys
         previous = state.replay(scope, key)
@@ -435,7 +525,7 @@ def _handler(type_: str, handle: Callable[[Request, bytes, str | None], Any], st
         if fault is not None and fault.malformed:
             answer = Answer(200, b"<<not what you expected", "text/plain")
         state.accept(provider, key, answer, received, scope)
-        return answer.response()
+        return (faulted or answer).response()
 
     return endpoint
 
@@ -469,11 +559,24 @@ def _control_routes(state: MockState) -> list[Route]:
         state.reset()
         return JSONResponse({"reset": True})
 
+    async def mode(request: Request) -> Response:
+        try:
+            data = json.loads(await request.body())
+            with state.lock:
+                state.dedupe = bool(data.get("dedupe", state.dedupe))
+                state.finish_abandoned = bool(data.get("finish_abandoned", state.finish_abandoned))
+                state.visibility_delay = float(data.get("visibility_delay", state.visibility_delay))
+        except (ValueError, TypeError, AttributeError) as exc:
+            return JSONResponse({"error": f"bad mode: {exc}"}, status_code=400)
+        return JSONResponse({"dedupe": state.dedupe, "finish_abandoned": state.finish_abandoned,
+                             "visibility_delay": state.visibility_delay})
+
     return [
         Route("/_mock/messages", messages, methods=["GET"]),
         Route("/_mock/stats", stats, methods=["GET"]),
         Route("/_mock/faults", faults, methods=["POST"]),
         Route("/_mock/reset", reset, methods=["POST"]),
+        Route("/_mock/mode", mode, methods=["POST"]),
     ]
 
 
@@ -482,6 +585,7 @@ def create_app(state: MockState | None = None) -> Starlette:
     routes = [
         Route("/twilio/2010-04-01/Accounts/{account}/Messages.json", _handler("twilio", _twilio, state),
               methods=["POST"]),
+        Route("/twilio/2010-04-01/Accounts/{account}/Messages.json", _twilio_list(state), methods=["GET"]),
         Route("/vonage/sms/json", _handler("vonage", _vonage, state), methods=["POST"]),
         Route("/msg91/api/v5/flow/", _handler("msg91", _msg91, state), methods=["POST"]),
         Route("/msg91/api/v5/flow", _handler("msg91", _msg91, state), methods=["POST"]),

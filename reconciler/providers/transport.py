@@ -4,7 +4,9 @@ Adapters speak httpx (requests are built and answers read as httpx objects), but
 about 2 ms of CPU per request on this class of machine, which caps one worker near 400 msg/s.
 aiohttp's C-accelerated HTTP/1.1 client does the same exchange for a fraction of that, so the shared
 client sends through it when aiohttp is installed. Timeouts and transport failures are mapped back to
-httpx's exception classes so error classification is the same with either transport.
+httpx's exception classes so error classification is the same with either transport: a connect
+failure or connect timeout (nothing written) becomes ConnectError/ConnectTimeout, a timeout once
+connected ReadTimeout, any other failure RemoteProtocolError (the last two leave the send in doubt).
 """
 
 from __future__ import annotations
@@ -53,8 +55,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 content = await answer.read()
                 raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in answer.raw_headers]
                 status = answer.status
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except aiohttp.ConnectionTimeoutError as exc:  # no connection yet: nothing was written
+            raise httpx.ConnectTimeout(f"connect timed out: {exc}", request=request) from exc
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:  # connected: the request may have arrived
             raise httpx.ReadTimeout(f"timed out: {exc}", request=request) from exc
+        except ValueError as exc:  # an unsendable header (control character): refused before a byte went out
+            raise httpx.LocalProtocolError(f"request not sent: {type(exc).__name__}", request=request) from exc
         except aiohttp.ClientConnectorError as exc:
             raise httpx.ConnectError(str(exc), request=request) from exc
         except aiohttp.ClientError as exc:

@@ -466,11 +466,13 @@ class SqlStateStore(StateStore):
             changed = tx.run(
                 "UPDATE outbox SET status = ?, provider = ?, provider_message_id = ?,"
                 " attempts = attempts + ?, last_error = ?, segments = ?, cost = ?, sent_at = ?,"
+                " doubt_settled = coalesce(?, doubt_settled),"
                 " claimed_by = NULL, lease_until = NULL, updated_at = ?"
                 " WHERE id = ? AND status = 'claimed' AND claimed_by = ?",
                 (result.status, result.provider, result.provider_message_id, result.attempts,
                  redact(result.error) if result.error else None, result.segments, result.cost,
-                 now if result.status == "sent" else None, now, result.outbox_id, worker_id))
+                 now if result.status == "sent" else None, result.doubt_settled, now, result.outbox_id,
+                 worker_id))
             if changed:
                 accepted.append(result.outbox_id)
         return accepted
@@ -500,7 +502,8 @@ class SqlStateStore(StateStore):
         total = 0
         with self._transaction(write=True) as tx:
             for chunk in _chunks(list(ids)):
-                sets = "status = 'pending', claimed_by = NULL, lease_until = NULL, updated_at = ?"
+                sets = ("status = 'pending', claimed_by = NULL, lease_until = NULL,"
+                        " released_claims = released_claims + 1, updated_at = ?")
                 params: list[Any] = [now]
                 if retry_at is not None:
                     sets += ", not_before = ?"
@@ -512,6 +515,42 @@ class SqlStateStore(StateStore):
                     f"UPDATE outbox SET {sets} WHERE id IN ({_marks(len(chunk))})"
                     " AND status = 'claimed' AND claimed_by = ?", (*params, *chunk, worker_id))
         return total
+
+    def release_in_doubt(self, worker_id: str, doubts: Mapping[int, str], *, retry_at: datetime) -> int:
+        now, total = self._now(), 0
+        with self._transaction(write=True) as tx:
+            for outbox_id, doubt in doubts.items():
+                total += tx.run(
+                    "UPDATE outbox SET status = 'pending', claimed_by = NULL, lease_until = NULL,"
+                    " released_claims = released_claims + 1, doubt = ?, doubt_settled = NULL, last_error = ?,"
+                    " not_before = ?, updated_at = ? WHERE id = ? AND status = 'claimed' AND claimed_by = ?",
+                    (redact(doubt), "in doubt: " + redact(str(json.loads(doubt).get("reason", ""))),
+                     self._ts(retry_at), now, outbox_id, worker_id))
+        return total
+
+    def skip_in_doubt(self, worker_id: str, ids: Sequence[int], reason: str) -> int:
+        now, total = self._now(), 0
+        with self._transaction(write=True) as tx:
+            for chunk in _chunks(list(ids)):
+                total += tx.run(
+                    "UPDATE outbox SET status = 'skipped', skip_reason = ?, doubt_settled = 'skipped',"
+                    " claimed_by = NULL, lease_until = NULL, updated_at = ?"
+                    f" WHERE id IN ({_marks(len(chunk))}) AND status = 'claimed' AND claimed_by = ?",
+                    (redact(reason), now, *chunk, worker_id))
+        return total
+
+    def in_doubt_counts(self, *, campaign: str | None = None, run_id: int | None = None) -> dict[str, int]:
+        sql = "SELECT coalesce(doubt_settled, 'unsettled') AS how, count(*) AS n FROM outbox WHERE doubt IS NOT NULL"
+        params: list[Any] = []
+        if campaign is not None:
+            sql += " AND campaign = ?"
+            params.append(campaign)
+        if run_id is not None:
+            sql += " AND run_id = ?"
+            params.append(run_id)
+        with self._transaction(write=False) as tx:
+            rows = tx.rows(sql + " GROUP BY coalesce(doubt_settled, 'unsettled')", params)
+        return {str(r["how"]): int(r["n"]) for r in rows}
 
     def skip(self, ids: Sequence[int], reason: str, *, worker_id: str | None = None) -> int:
         now = self._now()

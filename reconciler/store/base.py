@@ -242,6 +242,15 @@ class OutboxRow:
     created_at: datetime
     updated_at: datetime
     sent_at: datetime | None
+    doubt: str | None = None  # JSON {"provider", "since", "until", "reason"}: the send may have gone out
+    doubt_settled: str | None = None  # found | resent | skipped | failover
+    released_claims: int = 0
+
+    @property
+    def abandoned_claim(self) -> bool:
+        """Was a previous claim of this (freshly claimed) row neither released nor recorded? Then its
+        worker died or lost the lease, maybe after sending it: the row is in doubt."""
+        return self.claim_count - 1 > self.released_claims
 
 
 @dataclass(frozen=True)
@@ -256,6 +265,7 @@ class SendResult:
     error: str | None = None
     segments: int | None = None
     cost: float | None = None
+    doubt_settled: str | None = None  # for a row that was in doubt: how it was settled
 
 
 @dataclass(frozen=True)
@@ -432,6 +442,19 @@ class StateStore(ABC):
     def release(self, worker_id: str, ids: Sequence[int], *, retry_at: datetime | None = None,
                 error: str | None = None) -> int:
         """Give claimed rows back (pending again), optionally not before retry_at."""
+
+    def release_in_doubt(self, worker_id: str, doubts: Mapping[int, str], *, retry_at: datetime) -> int:
+        """Give claimed rows back as IN DOUBT (pending again, not before retry_at, when the provider's
+        lookup can answer): `doubts` maps row id to its doubt JSON. Rows not claimed by worker_id stay."""
+        raise NotImplementedError
+
+    def skip_in_doubt(self, worker_id: str, ids: Sequence[int], reason: str) -> int:
+        """Settle claimed in-doubt rows by the `skip` policy: skipped with the reason, never resent."""
+        raise NotImplementedError
+
+    def in_doubt_counts(self, *, campaign: str | None = None, run_id: int | None = None) -> dict[str, int]:
+        """Rows that were ever in doubt, by how they were settled ('unsettled' while still open)."""
+        raise NotImplementedError
 
     @abstractmethod
     def skip(self, ids: Sequence[int], reason: str, *, worker_id: str | None = None) -> int:
