@@ -103,6 +103,8 @@ def _run_ingest(kind: str, file: Path, fmt: str | None, batch_size: int, store_u
                                  progress=_progress_printer(label, bar))
         except (OSError, RecordError) as exc:
             raise click.ClickException(str(exc)) from None
+        except AudienceStoreError as exc:
+            raise click.ClickException(redact(str(exc))) from None
     for error in report.errors[:MAX_PRINTED_ERRORS]:
         click.echo(f"{file}:{error.line}: {error.message}", err=True)
     if report.rejected > min(len(report.errors), MAX_PRINTED_ERRORS):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from .records import EVENT_FIELDS, USER_FIELDS, RecordError, parse_event, parse_user
-from .store import AudienceStore
+from .store import AudienceStore, AudienceStoreError
 
 Kind = Literal["users", "events"]
 Format = Literal["jsonl", "csv"]
@@ -76,7 +76,7 @@ def infer_cell(text: str) -> Any:
     if text[:1] in "{[":
         try:
             return json.loads(text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON (or too large or deep to decode): text
             return text
     return text
 
@@ -92,10 +92,20 @@ def read_jsonl(handle: TextIO) -> Iterator[tuple[int, Any]]:
         if _UNDECODABLE.search(line):
             yield number, RecordError(NOT_UTF8)
             continue
-        try:
-            yield number, json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield number, RecordError(f"invalid JSON: {exc.msg} at column {exc.colno}")
+        yield number, _decode_json_line(line)
+
+
+def _decode_json_line(line: str) -> Any:
+    """The decoded line, or RecordError: bad syntax, a number of over 4,300 digits (json refuses to
+    convert it with a ValueError), or nesting deep enough to exhaust the decoder's recursion."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        return RecordError(f"invalid JSON: {exc.msg} at column {exc.colno}")
+    except ValueError:
+        return RecordError("invalid JSON: a number has more than 4300 digits")
+    except RecursionError:
+        return RecordError("invalid JSON: values are nested too deeply")
 
 
 def read_csv(handle: TextIO, kind: Kind) -> Iterator[tuple[int, Any]]:
@@ -138,10 +148,9 @@ def _csv_object(columns: list[str], cells: list[str], builtins: set[str]) -> Any
         if column in builtins:
             obj[column] = cell
         elif column == "properties":
-            try:
-                given = json.loads(cell)
-            except json.JSONDecodeError:
-                return RecordError("the properties cell is not a JSON object")
+            given = _decode_json_line(cell)
+            if isinstance(given, RecordError):
+                return RecordError(f"the properties cell is not a JSON object ({given})")
             if not isinstance(given, dict):
                 return RecordError("the properties cell is not a JSON object")
             properties.update(given)
@@ -160,18 +169,20 @@ Progress = Callable[[IngestReport], None]
 
 def ingest_stream(store: AudienceStore, rows: Iterator[tuple[int, Any]], kind: Kind, *, now: datetime,
                   batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None) -> IngestReport:
-    """Validate rows and write them in batches; `now` is created_at for users that state none."""
+    """Validate rows and write them in batches; `now` is created_at for users that state none.
+
+    A row never stops the load: a row that fails validation is rejected with its line number, and
+    so is a row the store refuses (the batch is then written row by row to find it; batches are all
+    or nothing). Only a store that refuses a whole batch row by row is a store failure:
+    AudienceStoreError, with the rows before that batch stored.
+    """
     report = IngestReport(kind)
-    batch: list[Any] = []
+    batch: list[tuple[int, Any]] = []
 
     def flush() -> None:
         if not batch:
             return
-        if kind == "users":
-            store.upsert_users(batch, now=now)
-        else:
-            store.insert_events(batch)
-        report.accepted += len(batch)
+        _write_batch(store, kind, batch, report, now)
         batch.clear()
         if progress is not None:
             progress(report)
@@ -188,11 +199,49 @@ def ingest_stream(store: AudienceStore, rows: Iterator[tuple[int, Any]], kind: K
             continue
         if kind == "users" and getattr(record, "phone_valid", None) is False:
             report.invalid_phones += 1
-        batch.append(record)
+        batch.append((line, record))
         if len(batch) >= batch_size:
             flush()
     flush()
     return report
+
+
+def _write(store: AudienceStore, kind: Kind, records: list[Any], now: datetime) -> None:
+    if kind == "users":
+        store.upsert_users(records, now=now)
+    else:
+        store.insert_events(records)
+
+
+def _write_batch(store: AudienceStore, kind: Kind, batch: list[tuple[int, Any]], report: IngestReport,
+                 now: datetime) -> None:
+    """Write one batch; if the store refuses it, write its rows one by one and reject those refused."""
+    try:
+        _write(store, kind, [record for _, record in batch], now)
+    except Exception as exc:  # a driver's data error: find the row, keep the others
+        failure: Exception = exc
+    else:
+        report.accepted += len(batch)
+        return
+    refused: list[tuple[int, str]] = []
+    for line, record in batch:
+        try:
+            _write(store, kind, [record], now)
+        except Exception as exc:  # reported against the row
+            refused.append((line, f"the audience store refused the row: {_error_text(exc)}"))
+        else:
+            report.accepted += 1
+    if len(batch) > 1 and len(refused) == len(batch):
+        raise AudienceStoreError(f"the audience store refused every row of a batch: {_error_text(failure)}") \
+            from failure
+    for line, message in refused:
+        report.reject(line, message)
+
+
+def _error_text(exc: BaseException) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def ingest_file(store: AudienceStore, path: str | Path, kind: Kind, *, now: datetime, fmt: str | None = None,

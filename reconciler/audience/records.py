@@ -16,9 +16,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 
+from ..models.common import INT64_MAX, INT64_MIN
+
 MAX_ID_LENGTH = 256
 MAX_EVENT_NAME_LENGTH = 200
 MAX_PROPERTIES_BYTES = 65_536
+MAX_VALUE_DEPTH = 32  # nesting levels inside one record (its properties' objects and arrays)
 USER_FIELDS = ("id", "phone", "timezone", "country", "created_at", "opted_out", "subscribed", "properties")
 EVENT_FIELDS = ("id", "user_id", "name", "ts", "properties")
 # Timestamps Herald accepts (ts, created_at): what every store and datetime arithmetic (ts ± a
@@ -78,6 +81,7 @@ def parse_user(obj: Any) -> UserRecord:
     """Validate one user object. Unknown top-level keys become properties."""
     if not isinstance(obj, Mapping):
         raise RecordError("a user must be a JSON object")
+    check_storable(obj)
     user_id = _identifier(obj.get("id"), "id")
     country = _country(obj.get("country"))
     phone, phone_valid, phone_country = _phone(obj.get("phone"), country)
@@ -97,6 +101,7 @@ def parse_event(obj: Any, *, now: datetime | None = None) -> EventRecord:
     """Validate one event object; `ts` defaults to `now` when given (live ingest), else it is required."""
     if not isinstance(obj, Mapping):
         raise RecordError("an event must be a JSON object")
+    check_storable(obj)
     user_id = _identifier(obj.get("user_id"), "user_id")
     name = obj.get("name")
     if not isinstance(name, str) or not name.strip():
@@ -110,6 +115,43 @@ def parse_event(obj: Any, *, now: datetime | None = None) -> EventRecord:
         ts = now
     client_id = None if obj.get("id") in (None, "") else _identifier(obj.get("id"), "id")
     return EventRecord(user_id=user_id, name=name, ts=ts, properties=_properties(obj, EVENT_FIELDS), id=client_id)
+
+
+def check_storable(record: Mapping[str, Any]) -> None:
+    """RecordError unless every store can hold and compare every value of `record`: no NUL character
+    (PostgreSQL text and jsonb refuse it), no lone surrogate (not UTF-8: no store can encode it), no
+    integer outside 64 bits (PostgreSQL could not cast a 400-digit number to double precision, and
+    every numeric predicate on that property then failed for all users), and at most
+    MAX_VALUE_DEPTH levels of nesting. Iterative, so any depth is safe to check."""
+    stack: list[tuple[Any, str, int]] = [(record, "", 0)]
+    while stack:
+        value, top, depth = stack.pop()
+        if isinstance(value, str):
+            _check_text(value, top)
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+            raise RecordError(f"{_short(top)} holds an integer outside the 64-bit range; send it as a string")
+        if not isinstance(value, Mapping | list):
+            continue
+        if depth > MAX_VALUE_DEPTH:
+            raise RecordError(f"{_short(top)} nests deeper than {MAX_VALUE_DEPTH} levels")
+        if isinstance(value, list):
+            stack.extend((child, top, depth + 1) for child in value)
+            continue
+        for key, child in value.items():
+            where = str(key) if not top else f"properties.{key}" if top == "properties" and depth == 1 else top
+            if isinstance(key, str):
+                _check_text(key, where)
+            stack.append((child, where, depth + 1))
+
+
+def _check_text(text: str, where: str) -> None:
+    if "\x00" in text:
+        raise RecordError(f"{_short(where)} contains a NUL character (\\u0000)")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RecordError(f"{_short(where)} contains a lone surrogate (invalid Unicode)") from None
 
 
 def _identifier(value: Any, key: str) -> str:
