@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -35,6 +37,31 @@ def _place_the_clock() -> None:
 
 _place_the_clock()
 CLOCK_READERS: set[str] = set()
+# Modules whose tests read the wall clock: a daemon process, a `herald` subprocess or a SystemClock in
+# this process. They carry the `realclock` marker, and tests/test_time_of_day.py runs them with the
+# clock placed at several hours of a day. `HERALD_TRACE_CLOCK=FILE pytest` fails any other test that
+# reads the clock in this process (and lists every reader in FILE), so this set stays complete.
+REALCLOCK_MODULES = {
+    "test_audience_cli", "test_clock", "test_dashboard_progress", "test_freeze_apply", "test_plan_cli",
+    "test_plan_review", "test_providers_mock", "test_ratelimit_workers", "test_reliability_crash",
+    "test_reliability_git", "test_reliability_load", "test_security_http", "test_security_linked",
+    "test_security_secrets",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.stem in REALCLOCK_MODULES:
+            item.add_marker(pytest.mark.realclock)
+CPU_HOGS: list[subprocess.Popen[bytes]] = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """HERALD_TEST_CPU_HOGS=N runs N busy-loop processes beside the whole session (the suite must pass
+    on a busy machine: `HERALD_TEST_CPU_HOGS=2 pytest`)."""
+    count = int(os.environ.get("HERALD_TEST_CPU_HOGS") or 0)
+    for _ in range(count):
+        CPU_HOGS.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
 
 
 @pytest.fixture(autouse=True)
@@ -53,9 +80,15 @@ def _trace_wall_clock(request: pytest.FixtureRequest, monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(SystemClock, "now", traced)
     yield
+    if request.node.nodeid in CLOCK_READERS and request.node.get_closest_marker("realclock") is None:
+        pytest.fail(f"{request.node.nodeid} reads the wall clock: add its module to REALCLOCK_MODULES "
+                    "(tests/conftest.py) or give it a FakeClock")
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    for hog in CPU_HOGS:
+        hog.kill()
+        hog.wait()
     target = os.environ.get("HERALD_TRACE_CLOCK")
     if target:
         Path(target).write_text("".join(f"{node}\n" for node in sorted(CLOCK_READERS)))
