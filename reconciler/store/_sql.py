@@ -503,7 +503,7 @@ class SqlStateStore(StateStore):
         with self._transaction(write=True) as tx:
             for chunk in _chunks(list(ids)):
                 sets = ("status = 'pending', claimed_by = NULL, lease_until = NULL,"
-                        " released_claims = released_claims + 1, updated_at = ?")
+                        " released_claims = claim_count, updated_at = ?")
                 params: list[Any] = [now]
                 if retry_at is not None:
                     sets += ", not_before = ?"
@@ -522,7 +522,7 @@ class SqlStateStore(StateStore):
             for outbox_id, doubt in doubts.items():
                 total += tx.run(
                     "UPDATE outbox SET status = 'pending', claimed_by = NULL, lease_until = NULL,"
-                    " released_claims = released_claims + 1, doubt = ?, doubt_settled = NULL, last_error = ?,"
+                    " released_claims = claim_count, doubt = ?, doubt_settled = NULL, last_error = ?,"
                     " not_before = ?, updated_at = ? WHERE id = ? AND status = 'claimed' AND claimed_by = ?",
                     (redact(doubt), "in doubt: " + redact(str(json.loads(doubt).get("reason", ""))),
                      self._ts(retry_at), now, outbox_id, worker_id))

@@ -244,7 +244,7 @@ class OutboxRow:
     sent_at: datetime | None
     doubt: str | None = None  # JSON {"provider", "since", "until", "reason"}: the send may have gone out
     doubt_settled: str | None = None  # found | resent | skipped | failover
-    released_claims: int = 0
+    released_claims: int = 0  # claim_count as of the last release (every release settles any doubt first)
 
     @property
     def abandoned_claim(self) -> bool:
