@@ -20,6 +20,7 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -31,6 +32,7 @@ from .http.receipts import receipt_routes
 from .http.security import (
     BodyIncomplete,
     BodyTooLarge,
+    RequestTargetGuard,
     bearer_token_ok,
     github_signature_ok,
     read_limited_body,
@@ -58,7 +60,7 @@ class Daemon:
         self.sync_now = asyncio.Event()
         self.started = asyncio.Event()
         self._last_sync: float | None = None  # None: sync at the first step, whatever the loop clock reads
-        self.app = Starlette(routes=self.routes())
+        self.app = Starlette(routes=self.routes(), middleware=[Middleware(RequestTargetGuard)])
 
     # ------------------------------------------------------------ HTTP
 

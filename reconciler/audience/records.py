@@ -197,7 +197,7 @@ def _timezone(value: Any) -> str | None:
         raise RecordError("'timezone' must be an IANA zone name such as Europe/Paris")
     try:
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file name
         raise RecordError(f"unknown time zone {_short(value)}") from None
     return value
 

@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import jinja2
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -46,7 +47,14 @@ from .dashboard_views import (
     provider_values,
     tick_label,
 )
-from .security import BodyIncomplete, BodyTooLarge, as_bytes, bearer_token_ok, read_limited_body
+from .security import (
+    BodyIncomplete,
+    BodyTooLarge,
+    RequestTargetGuard,
+    as_bytes,
+    bearer_token_ok,
+    read_limited_body,
+)
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -295,4 +303,4 @@ def dashboard_app(store: StateStore, audience: AudienceStore | None, clock: Cloc
                   admin_token: str | None) -> Starlette:
     """A stand-alone app serving only the dashboard at /dashboard (tests, screenshots, inspection)."""
     dashboard = Dashboard(store, audience, clock, admin_token)
-    return Starlette(routes=[Mount("/dashboard", routes=dashboard.routes())])
+    return Starlette(routes=[Mount("/dashboard", routes=dashboard.routes())], middleware=[Middleware(RequestTargetGuard)])

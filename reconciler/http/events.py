@@ -51,6 +51,7 @@ MAX_EVENT_BODY_BYTES = 1_048_576
 MAX_ITEMS_PER_REQUEST = 5000
 MAX_REPORTED_ERRORS = 50
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
+MAX_LOGGED_CHARS = 300  # of an error's text in the log (it may quote a hostile value)
 
 EventHook = Callable[[list[EventRecord]], Awaitable[None] | None]
 
@@ -241,7 +242,7 @@ class EventBatcher:
             if inspect.isawaitable(result):
                 await result
         except Exception as exc:
-            log.error("live event hook failed: %s", redact(f"{type(exc).__name__}: {exc}"))
+            log.error("live event hook failed: %s", redact(f"{type(exc).__name__}: {exc}")[:MAX_LOGGED_CHARS])
 
 
 def _split(batch: list[_Waiting], written: EventWrite) -> list[tuple[_Waiting, EventWrite]]:
@@ -279,10 +280,10 @@ def event_routes(store: AudienceStore, *, token: str | None, clock: Clock, on_ev
         except BadRequest as exc:
             return _error(exc.status, str(exc), exc.errors)
         except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # a value no store can hold
-            log.warning("live ingest refused a value: %s", redact(f"{type(exc).__name__}: {exc}"))
+            log.warning("live ingest refused a value: %s", redact(f"{type(exc).__name__}: {exc}")[:MAX_LOGGED_CHARS])
             return _error(422, f"a value cannot be stored ({type(exc).__name__}); nothing was stored")
         except Exception as exc:  # the store is down or locked: the client should retry
-            log.error("live ingest failed: %s", redact(f"{type(exc).__name__}: {exc}"))
+            log.error("live ingest failed: %s", redact(f"{type(exc).__name__}: {exc}")[:MAX_LOGGED_CHARS])
             return _error(503, "the audience store is unavailable; retry later")
         return JSONResponse(answer, status_code=202)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 MAX_BODY_BYTES = 1_048_576
 MAX_JSON_DEPTH = 32  # nesting levels inside one item (an event, a user, a receipt)
@@ -108,3 +109,23 @@ async def read_limited_body(request: Request, limit: int = MAX_BODY_BYTES) -> by
     except ClientDisconnect:
         raise BodyIncomplete("the client disconnected before the body was complete") from None
     return b"".join(chunks)
+
+
+class RequestTargetGuard:
+    """ASGI middleware: a request whose target (path or query) holds raw non-ASCII bytes gets 400.
+
+    RFC 3986 allows only ASCII in a request target (anything else is percent-encoded); servers pass
+    such bytes through, and Starlette's URL building would fail on them deep inside a handler."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            target = bytes(scope.get("raw_path") or b"") + bytes(scope.get("query_string") or b"")
+            if not target.isascii() or not str(scope.get("path", "")).isprintable():
+                response = JSONResponse({"error": "the request target must be ASCII (percent-encode the rest) "
+                                                  "and free of control characters"}, status_code=400)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
