@@ -20,19 +20,24 @@ from reconciler.cli import main
 
 GOOD = [f'{{"id": "g{n}", "phone": "{phone(n)}", "score": {n}}}' for n in range(1, 5)]
 
+
+def _user(user_id: str, n: int, extra: str = "") -> str:
+    """One JSONL user line, written raw so it can hold what json.dumps would never write."""
+    return '{"id": "' + user_id + '", "phone": "' + phone(n) + '"' + extra + "}"
+
+
 # (JSONL line, reason printed for it); every one is a single bad row.
 HOSTILE_JSONL = [
-    ('{"id": "s1", "phone": "%s", "name": "\\ud800"}' % phone(11), "'name' contains a lone surrogate"),
-    ('{"id": "s2", "phone": "%s", "tags": ["ok", "\\udfff"]}' % phone(12), "'tags' contains a lone surrogate"),
-    ('{"id": "n1\\u0000", "phone": "%s"}' % phone(13), "'id' contains a NUL character"),
-    ('{"id": "n2", "phone": "%s", "properties": {"k\\u0000": 1}}' % phone(14),
-     "'properties.k\\x00' contains a NUL character"),
-    ('{"id": "n3", "phone": "%s", "name": "a\x00b"}' % phone(15), "invalid JSON: Invalid control character"),
-    ('{"id": "b1", "phone": "%s", "score": %s}' % (phone(16), "9" * 5000), "more than 4300 digits"),
-    ('{"id": "b2", "phone": "%s", "score": 1%s}' % (phone(17), "0" * 400), "integer outside the 64-bit range"),
-    ('{"id": "b3", "phone": "%s", "score": 1e400}' % phone(18), "no NaN or Infinity"),
-    ('{"id": "d1", "phone": "%s", "deep": %s}' % (phone(19), "[" * 100_000 + "]" * 100_000), "nested too deeply"),
-    ('{"id": "d2", "phone": "%s", "deep": %s}' % (phone(20), "[" * 40 + "]" * 40), "nests deeper than 32 levels"),
+    (_user("s1", 11, ', "name": "\\ud800"'), "'name' contains a lone surrogate"),
+    (_user("s2", 12, ', "tags": ["ok", "\\udfff"]'), "'tags' contains a lone surrogate"),
+    (_user("n1\\u0000", 13), "'id' contains a NUL character"),
+    (_user("n2", 14, ', "properties": {"k\\u0000": 1}'), "'properties.k\\x00' contains a NUL character"),
+    (_user("n3", 15, ', "name": "a\x00b"'), "invalid JSON: Invalid control character"),
+    (_user("b1", 16, ', "score": ' + "9" * 5000), "more than 4300 digits"),
+    (_user("b2", 17, ', "score": 1' + "0" * 400), "integer outside the 64-bit range"),
+    (_user("b3", 18, ', "score": 1e400'), "no NaN or Infinity"),
+    (_user("d1", 19, ', "deep": ' + "[" * 100_000 + "]" * 100_000), "nested too deeply"),
+    (_user("d2", 20, ', "deep": ' + "[" * 40 + "]" * 40), "nests deeper than 32 levels"),
 ]
 
 
@@ -76,7 +81,7 @@ def test_hostile_events_are_skipped_by_line(tmp_path: Path, store_url: str) -> N
         '{"user_id": "u1", "name": "buy", "ts": "2026-11-01T00:00:00Z"}',
         '{"user_id": "u1", "name": "b\\ud800y", "ts": "2026-11-01T00:00:00Z"}',
         '{"user_id": "u1\\u0000", "name": "buy", "ts": "2026-11-01T00:00:00Z"}',
-        '{"user_id": "u1", "name": "buy", "ts": "2026-11-01T00:00:00Z", "n": %s}' % ("1" + "0" * 30),
+        '{"user_id": "u1", "name": "buy", "ts": "2026-11-01T00:00:00Z", "n": 1' + "0" * 30 + "}",
         '{"user_id": "u2", "name": "buy", "ts": "2026-11-02T00:00:00Z"}',
     ]) + "\n", encoding="utf-8")
     result = _ingest("events", source, store_url)
