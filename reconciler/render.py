@@ -7,21 +7,35 @@ exists), campaign.name/type/owner/labels, linked.<source>.
 Sending renders strictly: a variable that is missing for a user fails that user's render (reported
 as a RenderFailure value, never raised) unless the template gives it a `default`; a missing variable
 in `{% if %}` is simply false. Linked content is lenient, so a source that failed with
-onError: send_without renders as empty. Templates cannot read files (no loader) and have loop and
-output limits.
+onError: send_without renders as empty. Templates cannot read files (no loader).
+
+Sandbox: every environment here is a SandboxEnvironment with the same limits, so `herald validate`,
+plans, previews and sending agree on what a template may do: at most LOOP_ITERATION_LIMIT loop
+iterations (nested loops multiply), ranges `(a..b)` of at most MAX_RANGE_ITEMS items (also when
+piped into filters such as join or sort), OUTPUT_LIMIT_BYTES of output, bounded local variables and
+a wall-clock budget of RENDER_BUDGET_SECONDS per message, checked at every loop iteration and output
+write. The daemon renders Liquid off its event loop (render_message_async).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Collection, Mapping
+import threading
+import time
+from collections.abc import Collection, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cached_property, lru_cache
-from typing import TYPE_CHECKING, Any
+from functools import cached_property, lru_cache, partial
+from typing import TYPE_CHECKING, Any, TextIO
 
-from liquid import BoundTemplate, Environment, FalsyStrictUndefined, Undefined
-from liquid.exceptions import LiquidError, TemplateNotFoundError
+from liquid import BoundTemplate, Environment, FalsyStrictUndefined, RenderContext, Undefined
+from liquid.builtin.expressions.primitive import IntegerLiteral, RangeLiteral
+from liquid.exceptions import LiquidError, ResourceLimitError, TemplateNotFoundError
+from liquid.expression import Expression
+from liquid.output import LimitedStringIO
 from liquid.stringify import to_liquid_string
 
 from .encoding import SmsEncoding, analyze
@@ -35,16 +49,135 @@ TEMPLATE_ROOTS = ("user", "event", "campaign", "linked")
 USER_BUILTINS = ("id", "phone", "timezone", "country")
 CAMPAIGN_FIELDS = ("name", "type", "owner", "labels")
 MAX_RENDERED_CHARS = 10_000
+LOOP_ITERATION_LIMIT = 10_000
+MAX_RANGE_ITEMS = 1_000
+OUTPUT_LIMIT_BYTES = 4 * MAX_RENDERED_CHARS  # UTF-8 bytes: room for MAX_RENDERED_CHARS of any script
+LOCAL_NAMESPACE_LIMIT = 100_000
+RENDER_BUDGET_SECONDS = 0.5
+RENDER_WORKERS = 4
 
 
 class TemplateError(ValueError):
     """A template that does not parse."""
 
 
+class TemplateLimitError(ResourceLimitError):
+    """A template went past one of the sandbox limits (a range too large, the time budget)."""
+
+
+# -- the sandbox -----------------------------------------------------------------------------
+
+_BUDGET = threading.local()
+
+
+@contextmanager
+def render_budget(seconds: float = RENDER_BUDGET_SECONDS) -> Iterator[None]:
+    """Renders on this thread inside the block must finish within `seconds` (nested budgets keep the
+    earliest deadline). Checked cooperatively at every loop iteration and output write."""
+    previous: float | None = getattr(_BUDGET, "deadline", None)
+    deadline = time.monotonic() + seconds
+    _BUDGET.deadline = deadline if previous is None else min(previous, deadline)
+    try:
+        yield
+    finally:
+        _BUDGET.deadline = previous
+
+
+def _check_budget() -> None:
+    deadline: float | None = getattr(_BUDGET, "deadline", None)
+    if deadline is not None and time.monotonic() > deadline:
+        raise TemplateLimitError(f"rendering took longer than its {RENDER_BUDGET_SECONDS:g} s budget", token=None)
+
+
+def _budgeted(items: Iterator[Any]) -> Iterator[Any]:
+    for item in items:
+        _check_budget()
+        yield item
+
+
+class _BoundedRange(RangeLiteral):
+    """A range literal that refuses more than MAX_RANGE_ITEMS items (before any filter sees it)."""
+
+    __slots__ = ()
+
+    def _make_range(self, start: Any, stop: Any) -> range:
+        items = super()._make_range(start, stop)
+        if items.stop - items.start > MAX_RANGE_ITEMS:  # len() overflows on huge bounds
+            raise TemplateLimitError(f"the range ({items.start}..{items.stop - 1}) has "
+                                     f"{items.stop - items.start} items; the limit is {MAX_RANGE_ITEMS}",
+                                     token=self.token)
+        return items
+
+
+class _BudgetedOutput(LimitedStringIO):
+    def write(self, text: str) -> int:
+        _check_budget()
+        return super().write(text)
+
+
+class _SandboxContext(RenderContext):
+    @contextmanager
+    def loop(self, namespace: Mapping[str, object], forloop: Any) -> Iterator[RenderContext]:
+        forloop.it = _budgeted(forloop.it)  # ForLoop and TableRow iterate `it`
+        with super().loop(namespace, forloop) as context:
+            yield context
+
+    def get_buffer(self, buf: TextIO | None = None) -> _BudgetedOutput:
+        carry = buf.size if isinstance(buf, LimitedStringIO) else 0
+        return _BudgetedOutput(limit=OUTPUT_LIMIT_BYTES - carry)
+
+
+class _SandboxTemplate(BoundTemplate):
+    """Every render holds a budget (the caller's, when it is shorter)."""
+
+    context_class = _SandboxContext
+
+    def render(self, *args: Any, **kwargs: Any) -> str:
+        with render_budget():
+            return super().render(*args, **kwargs)
+
+    def _get_buffer(self) -> _BudgetedOutput:
+        return _BudgetedOutput(limit=OUTPUT_LIMIT_BYTES)
+
+
+def _expressions(expression: Expression) -> Iterator[Expression]:
+    yield expression
+    for child in expression.children():
+        yield from _expressions(child)
+
+
+def range_literals(template: BoundTemplate) -> Iterator[RangeLiteral]:
+    """Every range literal of a parsed template (no partials: there is no loader)."""
+    static = RenderContext(template)
+    nodes = list(template.nodes)
+    while nodes:
+        node = nodes.pop()
+        nodes.extend(node.children(static, include_partials=False))
+        for expression in node.expressions():
+            yield from (e for e in _expressions(expression) if isinstance(e, RangeLiteral))
+
+
+class SandboxEnvironment(Environment):
+    """The one Liquid environment class of Herald: no loader, and the limits in the module docstring."""
+
+    loop_iteration_limit = LOOP_ITERATION_LIMIT
+    output_stream_limit = OUTPUT_LIMIT_BYTES
+    context_depth_limit = 30
+    local_namespace_limit = LOCAL_NAMESPACE_LIMIT
+    template_class = _SandboxTemplate
+
+    def from_string(self, source: str, *args: Any, **kwargs: Any) -> BoundTemplate:
+        template = super().from_string(source, *args, **kwargs)
+        for literal in range_literals(template):
+            literal.__class__ = _BoundedRange  # same slots: evaluation is bounded from now on
+        return template
+
+
 @lru_cache(maxsize=1)
 def environment() -> Environment:
-    """Lenient environment for static analysis. No loader: templates cannot include or render files."""
-    return Environment()
+    """Lenient sandbox (missing variables render empty): static analysis, plan estimates, validate's
+    trial render."""
+    return SandboxEnvironment()
 
 
 @lru_cache(maxsize=4096)
@@ -82,16 +215,10 @@ class SendUndefined(FalsyStrictUndefined):
         return super().__new__(cls)
 
 
-class SendEnvironment(Environment):
-    loop_iteration_limit = 10_000
-    output_stream_limit = 100_000
-    context_depth_limit = 30
-    local_namespace_limit = 100_000
-
-
 @lru_cache(maxsize=1)
 def send_environment() -> Environment:
-    return SendEnvironment(undefined=SendUndefined)
+    """Strict sandbox for sending and previews: the same limits as environment()."""
+    return SandboxEnvironment(undefined=SendUndefined)
 
 
 @lru_cache(maxsize=4096)
@@ -287,7 +414,8 @@ def _failure(exc: BaseException) -> RenderFailure:
 
 
 def render_source(source: str, context: Mapping[str, Any]) -> str:
-    """Render one template strictly (raises on failure; render_message wraps this)."""
+    """Render one template strictly (raises on failure; render_message wraps this), within the
+    render budget (the caller's, when it holds one)."""
     fast = compile_fast(source)
     if fast is not None:
         text = fast.render(context)
@@ -299,12 +427,15 @@ def render_source(source: str, context: Mapping[str, Any]) -> str:
 def render_message(campaign: Campaign, member: Member, *, event: EventRecord | Mapping[str, Any] | None = None,
                    linked: Mapping[str, Any] | None = None) -> Rendered | RenderFailure:
     """The message body (and DLT template variables) for one user. Never raises: a user whose
-    message cannot be rendered gets a RenderFailure naming the reason, to be recorded as a skip."""
+    message cannot be rendered gets a RenderFailure naming the reason, to be recorded as a skip.
+    Body and variables share one RENDER_BUDGET_SECONDS budget."""
     message = campaign.spec.message
     try:
-        context = render_context(campaign, member, event=event, linked=linked)
-        body = render_source(message.body, context)
-        variables = tuple(render_source(template_variable_source(v), context) for v in message.templateVariables)
+        with render_budget():
+            context = render_context(campaign, member, event=event, linked=linked)
+            body = render_source(message.body, context)
+            variables = tuple(render_source(template_variable_source(v), context)
+                              for v in message.templateVariables)
     except Exception as exc:  # a per-user failure must never stop the run
         return _failure(exc)
     if not body.strip():
@@ -314,6 +445,28 @@ def render_message(campaign: Campaign, member: Member, *, event: EventRecord | M
     return Rendered(body, variables)
 
 
+_RENDER_POOL = ThreadPoolExecutor(max_workers=RENDER_WORKERS, thread_name_prefix="herald-render")
+
+
+def _renders_inline(campaign: Campaign) -> bool:
+    """Text and plain `{{ a.b | filter }}` outputs only: bounded by the body's length, no loops."""
+    message = campaign.spec.message
+    return compile_fast(message.body) is not None and all(
+        compile_fast(template_variable_source(v)) is not None for v in message.templateVariables)
+
+
+async def render_message_async(campaign: Campaign, member: Member, *,
+                               event: EventRecord | Mapping[str, Any] | None = None,
+                               linked: Mapping[str, Any] | None = None) -> Rendered | RenderFailure:
+    """render_message for the daemon: Liquid runs on a small worker pool of its own, never on the
+    event loop nor on the pool that store calls use (templates without tags render inline: bounded by
+    the body's length). The worker holds the render budget, so it answers within it."""
+    if _renders_inline(campaign):
+        return render_message(campaign, member, event=event, linked=linked)
+    job = partial(render_message, campaign, member, event=event, linked=linked)
+    return await asyncio.get_running_loop().run_in_executor(_RENDER_POOL, job)
+
+
 # -- validate-time checks --------------------------------------------------------------------
 
 
@@ -321,6 +474,46 @@ def render_message(campaign: Campaign, member: Member, *, event: EventRecord | M
 class TemplateProblem:
     field: tuple[str | int, ...]  # location under the campaign document, e.g. ("spec", "message", "body")
     message: str
+    error: bool = False  # a template the daemon would refuse (limits); other problems are warnings
+
+
+_LIMIT_DETAILS = {
+    "LoopIterationLimitError": f"at most {LOOP_ITERATION_LIMIT} loop iterations; nested loops multiply",
+    "OutputStreamLimitError": f"at most {OUTPUT_LIMIT_BYTES} bytes of output",
+    "LocalNamespaceLimitError": f"at most {LOCAL_NAMESPACE_LIMIT} bytes of assigned variables",
+    "ContextDepthError": "too deeply nested",
+}
+
+
+def _limit_message(exc: ResourceLimitError) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    detail = _LIMIT_DETAILS.get(type(exc).__name__)
+    return f"template exceeds a limit: {text}" + (f" ({detail})" if detail else "")
+
+
+def limit_problem(source: str, campaign: Campaign) -> str | None:
+    """Why the sandbox would refuse this template, found without any user's data: a range literal
+    over MAX_RANGE_ITEMS, or a limit reached by a trial render (missing variables empty, the real
+    budget). None when it stays within the limits."""
+    try:
+        template = compile_template(source)
+    except TemplateError:
+        return None  # reported as a parse error
+    for literal in range_literals(template):
+        if isinstance(literal, _BoundedRange) and isinstance(literal.start, IntegerLiteral) \
+                and isinstance(literal.stop, IntegerLiteral):
+            try:
+                literal._make_range(literal.start.value, literal.stop.value)
+            except TemplateLimitError as exc:
+                return _limit_message(exc)
+    context = {"user": {}, "event": {}, "linked": {}, "campaign": campaign_context(campaign)}
+    try:
+        template.render(**context)
+    except ResourceLimitError as exc:
+        return _limit_message(exc)
+    except Exception:  # data-dependent failures (a filter on a missing value) are not limit problems
+        return None
+    return None
 
 
 def campaign_templates(campaign: Campaign) -> list[tuple[tuple[str | int, ...], str]]:
@@ -342,8 +535,8 @@ def template_problems(campaign: Campaign, *, user_properties: Collection[str] | 
                       ) -> list[TemplateProblem]:
     """Strict check of every template of a campaign, for `herald validate`.
 
-    Unknown roots, event.* in a past_behavior campaign, undeclared linked sources, unknown campaign
-    fields; with `user_properties` (known property names, e.g. from the store) also user.* names
+    Templates past a sandbox limit (errors), unknown roots, event.* in a past_behavior campaign,
+    undeclared linked sources, unknown campaign fields; with `user_properties` (known property names, e.g. from the store) also user.* names
     that no user has and that have no `default`. Linked content may only read user/campaign data.
     """
     problems: list[TemplateProblem] = []
@@ -357,6 +550,10 @@ def template_problems(campaign: Campaign, *, user_properties: Collection[str] | 
             continue
         except (TemplateError, LiquidError) as exc:
             problems.append(TemplateProblem(location, f"template does not parse: {str(exc).splitlines()[0]}"))
+            continue
+        limit = limit_problem(source, campaign)
+        if limit:
+            problems.append(TemplateProblem(location, limit, error=True))
             continue
         is_url = location[2] == "linkedContent"
         for uses in analysis.globals.values():

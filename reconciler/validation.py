@@ -167,7 +167,8 @@ def _check_template_id(state: DesiredState, doc: LoadedDocument, campaign: Campa
 def _check_templates(doc: LoadedDocument, campaign: Campaign) -> Iterator[Diagnostic]:
     """Templates that do not parse are errors; variables the audience cannot supply are warnings."""
     for problem in template_problems(campaign):
-        severity: Severity = "error" if problem.message.startswith("template does not parse") else "warning"
+        severity: Severity = ("error" if problem.error or problem.message.startswith("template does not parse")
+                              else "warning")
         yield _diag(doc, problem.field, problem.message, severity)
 
 
