@@ -33,7 +33,7 @@ from .models import Campaign, Provider
 from .providers.base import OutboundMessage
 from .providers.base import SendResult as ProviderResult
 from .providers.group import GroupRouter, InvalidNumber, RoutingError, number_region
-from .render import Rendered, render_message
+from .render import Rendered, render_message_async
 from .runs import member_from_context
 from .runtime import Runtime
 from .secrets import redact
@@ -255,7 +255,7 @@ class DeliveryWorker:
                 await asyncio.to_thread(self._abort_run, campaign, row, fetched.errors)
                 return "linked_content_abort: " + "; ".join(fetched.errors)
             linked_values = fetched.values
-        rendered = render_message(campaign, member, event=event, linked=linked_values)
+        rendered = await render_message_async(campaign, member, event=event, linked=linked_values)
         if isinstance(rendered, Rendered):
             return rendered
         return f"render_error: {rendered.reason}"
