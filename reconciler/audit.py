@@ -30,12 +30,13 @@ PAUSE = "pause"
 RESUME = "resume"
 RUN_STARTED = "run_started"
 RUN_BLOCKED = "run_blocked"
+RUN_FAILED = "run_failed"
 SEND = "send"
 SKIP = "skip"
 EXPIRE = "expire"
 ERROR = "error"
 KNOWN_ACTIONS = (PLAN, APPLY, APPLY_REFUSED, APPLY_HELD, FREEZE_OVERRIDE, CREATE, UPDATE, DELETE, PAUSE, RESUME,
-                 RUN_STARTED, RUN_BLOCKED, SEND, SKIP, EXPIRE, ERROR)
+                 RUN_STARTED, RUN_BLOCKED, RUN_FAILED, SEND, SKIP, EXPIRE, ERROR)
 
 _ACTION = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 

@@ -72,7 +72,7 @@ def run(repo: str, branch: str, paths: tuple[str, ...], host: str, port: int, po
             Path(url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
     store = open_state_store(config.state_url, clock=clock)
     audience = open_audience_store(config.audience_url)
-    rt = Runtime(store=store, audience=audience, config=config, clock=clock,
+    rt = Runtime(store=store, audience=audience, config=config, clock=store.clock,
                  leases=Leases.uniform(lease_seconds) if lease_seconds else Leases())
     engine = Engine(rt, GitSource(repo, branch, paths=list(paths) or None), workers=workers,
                     allow_prune=allow_prune, linked_policy=LinkedUrlPolicy.for_daemon(port),

@@ -27,6 +27,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from .audience.records import EventRecord
 from .engine import LAST_ERROR_KEY, Engine
+from .health import health_report
 from .http.events import event_routes
 from .http.receipts import receipt_routes
 from .http.security import (
@@ -85,9 +86,10 @@ class Daemon:
         try:
             applied = await asyncio.to_thread(store.applied_state)
             last_error = await asyncio.to_thread(store.kv_get, LAST_ERROR_KEY)
+            report = await asyncio.to_thread(health_report, self.engine.rt, last_error)
         except Exception as exc:  # the store is down: unhealthy, but say why without a traceback
             return JSONResponse({"status": "error", "error": type(exc).__name__}, status_code=503)
-        return JSONResponse({"status": "ok", "applied_version": applied.version,
+        return JSONResponse({**report, "applied_version": applied.version,
                              "last_applied_commit": applied.commit_sha, "last_error": last_error})
 
     async def metrics(self, request: Request) -> Response:

@@ -19,6 +19,10 @@ class Metrics:
         self.skips = Counter("herald_skips_total", "Messages not sent, by reason", ["reason"], registry=r)
         self.reconcile_lag = Gauge("herald_reconcile_lag_seconds",
                                    "Seconds since the last successful reconcile", registry=r)
+        self.clock_skew = Gauge("herald_clock_skew_seconds",
+                                "This host's clock minus the shared store's (PostgreSQL); 0 on SQLite", registry=r)
+        self.health_problems = Gauge("herald_health_problems", "Units /healthz names as degraded, by unit",
+                                     ["unit"], registry=r)
         self.last_applied = Gauge("herald_last_applied_commit_info", "Last applied commit (label)",
                                   ["commit"], registry=r)
         self.reconcile_errors = Counter("herald_reconcile_errors_total", "Failed reconciles by stage",

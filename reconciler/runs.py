@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from . import audit
-from .alerts import safety_block_alert
+from .alerts import Alert, safety_block_alert
 from .audience.reach import select_audience
 from .audience.records import Member
 from .loading import DesiredState
@@ -37,9 +37,11 @@ from .scheduling import (
 )
 from .scheduling.recurrence import Run as ScheduledRun
 from .scheduling.recurrence import scheduled_runs
+from .secrets import redact
 from .store.base import AppliedState, OutboxItem, Run, idempotency_key
 
 LOG = logging.getLogger("herald.runs")
+MAX_RUN_ATTEMPTS = 5  # materialization failures before a run ends `failed`
 LAST_TICK_KEY = "scheduler:last_tick"
 MATERIALIZE_BATCH = 2000
 
@@ -114,7 +116,49 @@ class MaterializeResult:
 def materialize_due_runs(rt: Runtime, state: DesiredState, applied: AppliedState, limit: int = 5
                          ) -> list[MaterializeResult]:
     runs = rt.store.claim_runs(rt.worker_id, rt.clock.now(), rt.leases.run, limit=limit)
-    return [materialize_run(rt, state, applied, run) for run in runs]
+    return [_materialize_alone(rt, state, applied, run) for run in runs]
+
+
+def _materialize_alone(rt: Runtime, state: DesiredState, applied: AppliedState, run: Run) -> MaterializeResult:
+    """A bulkhead around one run: whatever it raises is recorded against it, and the other runs claimed
+    in the same step (healthy campaigns scheduled at the same moment) materialize as usual."""
+    try:
+        return materialize_run(rt, state, applied, run)
+    except Exception as exc:
+        return run_failed(rt, run, exc)
+
+
+def run_failed(rt: Runtime, run: Run, exc: BaseException) -> MaterializeResult:
+    """Record a materialization failure: the run goes back to `planned` (claimed again at the next
+    tick) until MAX_RUN_ATTEMPTS failures, then ends `failed` with its reason — audited, counted, its
+    owner alerted, and its queued messages cancelled (a half-materialized audience is not sent)."""
+    attempts = int(run.counts.get("attempts", 0)) + 1
+    reason = redact(f"{type(exc).__name__}: {exc}")[:500]
+    counts = {"attempts": attempts, "last_error": reason}
+    if attempts < MAX_RUN_ATTEMPTS:
+        LOG.warning("run %s of %s failed (attempt %d of %d), retrying: %s", run.id, run.campaign, attempts,
+                    MAX_RUN_ATTEMPTS, reason)
+        rt.store.update_run(run.id, status="planned", counts=counts, reason=reason, worker_id=rt.worker_id)
+        rt.metrics.runs.labels(outcome="retried").inc()
+        return MaterializeResult(run.id, "planned", reason=reason)
+    LOG.error("run %s of %s failed for good after %d attempts: %s", run.id, run.campaign, attempts, reason)
+    if rt.store.update_run(run.id, status="failed", counts=counts, reason=reason, worker_id=rt.worker_id):
+        cancelled = rt.store.cancel_pending(run.campaign, run.id)
+        rt.store.append_audit([audit.audit_record(
+            audit.RUN_FAILED, at=rt.clock.now(), actor=rt.actor, kind="Campaign", name=run.campaign,
+            commit_sha=run.commit_sha, details={"run_id": run.id, "scheduled_for": run.scheduled_for.isoformat(),
+                                                "attempts": attempts, "reason": reason, "cancelled": cancelled})])
+        rt.metrics.runs.labels(outcome="failed").inc()
+        rt.alerts.send(Alert(kind="run_failed", campaign=run.campaign, owner=_owner(rt, run),
+                             text=f"run {run.id} failed after {attempts} attempts and sends nothing: {reason}",
+                             details={"run_id": str(run.id), "reason": reason}))
+    return MaterializeResult(run.id, "failed", reason=reason)
+
+
+def _owner(rt: Runtime, run: Run) -> str | None:
+    spec = rt.store.spec_by_hash(run.spec_hash) or {}
+    owner = spec.get("spec", {}).get("owner") if isinstance(spec.get("spec"), dict) else None
+    return owner if isinstance(owner, str) else None
 
 
 def materialize_run(rt: Runtime, state: DesiredState, applied: AppliedState, run: Run) -> MaterializeResult:

@@ -213,13 +213,16 @@ def test_the_daemon_process_reports_git_errors_over_http_and_recovers(tmp_path: 
                      "the apply error", on_timeout=daemon.log_tail)
             assert metric_value(daemon.metrics(), "herald_reconcile_errors_total", {"stage": "apply"}) >= 1
             health = daemon.healthz()
-            assert health["last_applied_commit"] != broken and health["status"] == "ok"
+            assert health["last_applied_commit"] != broken and health["status"] == "degraded"
+            [problem] = health["problems"]
+            assert problem["unit"] == "commit" and problem["reason"].startswith("apply: ")
 
             fixed = remote.commit(standard_files(soon(3600)), "fix it")
             httpx.post(f"{daemon.base_url}/admin/sync", headers=sync)
             wait_for(lambda: daemon.healthz()["last_applied_commit"] == fixed, 20, "the fix to apply",
                      on_timeout=daemon.log_tail)
             assert daemon.healthz()["last_error"] is None
+            assert daemon.healthz()["status"] == "ok"
         finally:
             assert daemon.terminate() == 0
     assert "Traceback" not in daemon.log_text()

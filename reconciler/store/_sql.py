@@ -26,6 +26,7 @@ from .base import (
     AuditRecord,
     ChangeSet,
     DeliveryCount,
+    HealthProblem,
     ObjectWrite,
     OutboxItem,
     OutboxRow,
@@ -466,12 +467,12 @@ class SqlStateStore(StateStore):
             changed = tx.run(
                 "UPDATE outbox SET status = ?, provider = ?, provider_message_id = ?,"
                 " attempts = attempts + ?, last_error = ?, segments = ?, cost = ?, sent_at = ?,"
-                " doubt_settled = coalesce(?, doubt_settled),"
+                " doubt_settled = coalesce(?, doubt_settled), doubt = coalesce(?, doubt),"
                 " claimed_by = NULL, lease_until = NULL, updated_at = ?"
                 " WHERE id = ? AND status = 'claimed' AND claimed_by = ?",
                 (result.status, result.provider, result.provider_message_id, result.attempts,
                  redact(result.error) if result.error else None, result.segments, result.cost,
-                 now if result.status == "sent" else None, result.doubt_settled, now, result.outbox_id,
+                 now if result.status == "sent" else None, result.doubt_settled, result.doubt, now, result.outbox_id,
                  worker_id))
             if changed:
                 accepted.append(result.outbox_id)
@@ -528,15 +529,15 @@ class SqlStateStore(StateStore):
                      self._ts(retry_at), now, outbox_id, worker_id))
         return total
 
-    def skip_in_doubt(self, worker_id: str, ids: Sequence[int], reason: str) -> int:
+    def skip_in_doubt(self, worker_id: str, ids: Sequence[int], reason: str, *, doubt: str | None = None) -> int:
         now, total = self._now(), 0
         with self._transaction(write=True) as tx:
             for chunk in _chunks(list(ids)):
                 total += tx.run(
                     "UPDATE outbox SET status = 'skipped', skip_reason = ?, doubt_settled = 'skipped',"
-                    " claimed_by = NULL, lease_until = NULL, updated_at = ?"
+                    " doubt = coalesce(?, doubt), claimed_by = NULL, lease_until = NULL, updated_at = ?"
                     f" WHERE id IN ({_marks(len(chunk))}) AND status = 'claimed' AND claimed_by = ?",
-                    (redact(reason), now, *chunk, worker_id))
+                    (redact(reason), doubt, now, *chunk, worker_id))
         return total
 
     def in_doubt_counts(self, *, campaign: str | None = None, run_id: int | None = None) -> dict[str, int]:
@@ -584,6 +585,24 @@ class SqlStateStore(StateStore):
             params.append(run_id)
         with self._transaction(write=True) as tx:
             return tx.run(sql, params)
+
+    def health_problems(self, now: datetime, *, failed_since: datetime, stuck_after: timedelta,
+                        limit: int = 20) -> list[HealthProblem]:
+        stale = self._ts(now - stuck_after)
+        with self._transaction(write=False) as tx:
+            failed = tx.rows("SELECT id, campaign, reason FROM runs WHERE status = 'failed' AND updated_at >= ?"
+                             " ORDER BY updated_at DESC, id DESC LIMIT ?", (self._ts(failed_since), limit))
+            stuck = {table: tx.one(f"SELECT count(*) AS n FROM {table} WHERE status = ? AND lease_until < ?",
+                                   (claimed, stale))
+                     for table, claimed in (("runs", "materializing"), ("outbox", "claimed"), ("timers", "claimed"))}
+        problems = [HealthProblem("run", f"{r['campaign']} run {r['id']}", f"failed: {r['reason']}") for r in failed]
+        for table, row in stuck.items():
+            count = int(row["n"]) if row else 0
+            if count:
+                problems.append(HealthProblem(table.rstrip("s"), f"{count} claimed",
+                                              f"claim lease ended over {int(stuck_after.total_seconds())} s ago"
+                                              " and nobody took them over"))
+        return problems
 
     def queue_depth(self) -> int:
         with self._transaction(write=False) as tx:

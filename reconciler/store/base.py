@@ -14,12 +14,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-RunStatus = Literal["planned", "materializing", "sending", "done", "blocked", "cancelled", "skipped"]
+from ..clock import Clock
+
+RunStatus = Literal["planned", "materializing", "sending", "done", "blocked", "cancelled", "skipped", "failed"]
 OutboxStatus = Literal["pending", "claimed", "sent", "failed", "skipped", "expired", "cancelled"]
 ReceiptStatus = Literal["sent", "delivered", "failed", "undelivered"]
 TimerStatus = Literal["pending", "claimed", "fired", "cancelled"]
 
-RUN_STATUSES: tuple[str, ...] = ("planned", "materializing", "sending", "done", "blocked", "cancelled", "skipped")
+RUN_STATUSES: tuple[str, ...] = ("planned", "materializing", "sending", "done", "blocked", "cancelled", "skipped",
+                                 "failed")
 OUTBOX_STATUSES: tuple[str, ...] = ("pending", "claimed", "sent", "failed", "skipped", "expired", "cancelled")
 RECEIPT_STATUSES: tuple[str, ...] = ("sent", "delivered", "failed", "undelivered")
 # Outbox rows that count against caps and limits: sent, or still on their way to being sent.
@@ -184,6 +187,15 @@ class Run:
 
 
 @dataclass(frozen=True)
+class HealthProblem:
+    """One thing /healthz names while it says `degraded`."""
+
+    unit: str  # commit | run | outbox | timer | clock
+    name: str  # which one: a commit SHA, run id and campaign, or a count
+    reason: str
+
+
+@dataclass(frozen=True)
 class ScheduleMark:
     """Scheduler bookkeeping for one campaign (see docs/scheduler.md, "How the daemon uses it")."""
 
@@ -266,6 +278,7 @@ class SendResult:
     segments: int | None = None
     cost: float | None = None
     doubt_settled: str | None = None  # for a row that was in doubt: how it was settled
+    doubt: str | None = None  # its doubt JSON, kept with the row (set when the doubt arose on this claim)
 
 
 @dataclass(frozen=True)
@@ -334,6 +347,7 @@ class StateStore(ABC):
     """Everything Herald persists. Both backends pass one shared test suite."""
 
     dialect: str
+    clock: Clock  # the time the store stamps rows with; on PostgreSQL the database's (a DatabaseClock)
 
     # lifecycle
     @abstractmethod
@@ -448,7 +462,7 @@ class StateStore(ABC):
         lookup can answer): `doubts` maps row id to its doubt JSON. Rows not claimed by worker_id stay."""
         raise NotImplementedError
 
-    def skip_in_doubt(self, worker_id: str, ids: Sequence[int], reason: str) -> int:
+    def skip_in_doubt(self, worker_id: str, ids: Sequence[int], reason: str, *, doubt: str | None = None) -> int:
         """Settle claimed in-doubt rows by the `skip` policy: skipped with the reason, never resent."""
         raise NotImplementedError
 
@@ -466,6 +480,13 @@ class StateStore(ABC):
 
     @abstractmethod
     def cancel_pending(self, campaign: str, run_id: int | None = None) -> int: ...
+
+    @abstractmethod
+    def health_problems(self, now: datetime, *, failed_since: datetime, stuck_after: timedelta,
+                        limit: int = 20) -> list[HealthProblem]:
+        """Units that need an operator: runs that ended `failed` since `failed_since`, and runs, outbox
+        rows and timers whose claim lease ended more than `stuck_after` before `now` without anyone
+        taking them over (counted per kind). At most `limit` failed runs, newest first."""
 
     @abstractmethod
     def queue_depth(self) -> int:

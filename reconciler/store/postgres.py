@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ..clock import Clock
+from ..clock import Clock, DatabaseClock, SystemClock
 from ..secrets import redact
 from ._sql import SqlStateStore, canonical_json, utc
 from .base import SendResult, StoreError
@@ -81,6 +81,17 @@ class PostgresStateStore(SqlStateStore):
         except PoolTimeout as exc:
             self._pool.close()
             raise StoreError(f"cannot connect to PostgreSQL at {safe_dsn(dsn)}") from exc
+        if isinstance(self.clock, SystemClock):
+            # Several daemons share this store: leases, claims, run times and scheduler watermarks are
+            # all compared across hosts, so they are taken on the database's clock, not the host's.
+            self.clock = DatabaseClock(self.database_time, local=self.clock)
+
+    def database_time(self) -> datetime:
+        """The database server's clock (clock_timestamp(): the time now, not the transaction's start)."""
+        with self._transaction(write=False) as tx:
+            row = tx.one("SELECT clock_timestamp() AS now")
+        assert row is not None
+        return utc(row["now"])
 
     def _migrate_once(self) -> None:
         """Connect once directly: a clear error at once if unreachable, and the schema migrated."""
@@ -108,14 +119,17 @@ class PostgresStateStore(SqlStateStore):
             return []
         columns = list(zip(*[
             (r.outbox_id, r.status, r.provider, r.provider_message_id, r.attempts,
-             redact(r.error) if r.error else None, r.segments, r.cost) for r in results], strict=True))
+             redact(r.error) if r.error else None, r.segments, r.cost, r.doubt_settled, r.doubt)
+            for r in results], strict=True))
         rows = tx.rows(
             "UPDATE outbox AS o SET status = v.status, provider = v.provider, provider_message_id = v.mid,"
             " attempts = o.attempts + v.attempts, last_error = v.err, segments = v.segments, cost = v.cost,"
             " sent_at = CASE WHEN v.status = 'sent' THEN ?::timestamptz END,"
+            " doubt_settled = coalesce(v.settled, o.doubt_settled), doubt = coalesce(v.doubt, o.doubt),"
             " claimed_by = NULL, lease_until = NULL, updated_at = ?"
             " FROM unnest(?::bigint[], ?::text[], ?::text[], ?::text[], ?::int[], ?::text[], ?::int[],"
-            " ?::float8[]) AS v(id, status, provider, mid, attempts, err, segments, cost)"
+            " ?::float8[], ?::text[], ?::text[]) AS v(id, status, provider, mid, attempts, err, segments, cost,"
+            " settled, doubt)"
             " WHERE o.id = v.id AND o.status = 'claimed' AND o.claimed_by = ? RETURNING o.id",
             (now, now, *[list(column) for column in columns], worker_id))
         accepted = {int(r["id"]) for r in rows}

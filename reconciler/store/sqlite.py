@@ -58,8 +58,17 @@ class SqliteStateStore(SqlStateStore):
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
-        with self._raw_transaction(write=True) as conn:
-            migrate_sqlite(conn, self._ts(self.clock.now()))
+        # Foreign keys are off while migrating, so a migration can rebuild a table (SQLite's documented
+        # way to change a constraint); the references are checked before the migration commits.
+        self._connection().execute("PRAGMA foreign_keys = OFF")
+        try:
+            with self._raw_transaction(write=True) as conn:
+                migrate_sqlite(conn, self._ts(self.clock.now()))
+                broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise StoreError(f"a migration broke {len(broken)} foreign key reference(s); nothing applied")
+        finally:
+            self._connection().execute("PRAGMA foreign_keys = ON")
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

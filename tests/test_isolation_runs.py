@@ -1,0 +1,135 @@
+"""Bulkheads around runs: a run whose materialization raises is retried a bounded number of times and
+then ends `failed` with its reason (audited, counted, owner alerted, its queued messages cancelled),
+while a healthy campaign scheduled at the same moment is delivered on time; /healthz names the failure."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from reconciler import runs as runs_module
+from reconciler.demo import DemoWorld, demo_world
+from reconciler.health import STUCK_AFTER, health_report
+from reconciler.runs import MAX_RUN_ATTEMPTS
+from reconciler.store.base import AuditQuery
+
+ROOT = Path(__file__).resolve().parent.parent
+START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+MOMENT = datetime(2026, 12, 1, 13, 0, tzinfo=UTC)
+SETTINGS = """apiVersion: herald/v1
+kind: Settings
+metadata: {name: global}
+spec:
+  defaultTimezone: UTC
+  catchUp: {policy: latest, maxAge: 6h}
+"""
+
+
+def campaign(name: str) -> str:
+    return f"""apiVersion: herald/v1
+kind: Campaign
+metadata: {{name: {name}}}
+spec:
+  type: past_behavior
+  owner: {name}-owner@example.com
+  schedule: {{once: "{MOMENT:%Y-%m-%dT%H:%M:%SZ}"}}
+  message: {{body: "Hello {{{{ user.first_name }}}} from {name}"}}
+"""
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[DemoWorld]:
+    source = tmp_path / "source"
+    (source / "campaigns").mkdir(parents=True)
+    shutil.copytree(ROOT / "providers", source / "providers")
+    (source / "campaigns" / "settings.yaml").write_text(SETTINGS)
+    for name in ("healthy", "poisoned"):
+        (source / "campaigns" / f"{name}.yaml").write_text(campaign(name))
+    with demo_world(tmp_path / "world", population=12, start=START,
+                    sources=[source / "providers", source / "campaigns"]) as w:
+        w.step()
+        yield w
+
+
+def poison(monkeypatch: pytest.MonkeyPatch, campaign_name: str) -> list[str]:
+    """Make materializing `campaign_name` raise, as a value the audience store cannot bind once did."""
+    calls: list[str] = []
+    real = runs_module.select_audience
+
+    def select(audience: Any, campaign: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(campaign.name)
+        if campaign.name == campaign_name:
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        return real(audience, campaign, *args, **kwargs)
+
+    monkeypatch.setattr(runs_module, "select_audience", select)
+    return calls
+
+
+def received(world: DemoWorld) -> list[dict[str, Any]]:
+    return list(httpx.get(f"{world.mock_url}/_mock/messages").json()["messages"])
+
+
+def test_a_failing_run_fails_alone_and_the_healthy_one_is_delivered_on_time(
+        world: DemoWorld, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    calls = poison(monkeypatch, "poisoned")
+    store = world.engine.rt.store
+    with caplog.at_level("WARNING"):
+        world.advance_to(MOMENT + timedelta(seconds=1), every=timedelta(minutes=30))
+        for _ in range(MAX_RUN_ATTEMPTS + 2):
+            world.clock.advance(timedelta(seconds=2))
+            world.step(sync=False)
+
+    [healthy] = store.list_runs(campaign="healthy")
+    assert healthy.status in ("sending", "done") and healthy.enqueued == 12
+    messages = received(world)
+    assert len(messages) == 12 and not [m for m in messages if "poisoned" in str(m)], messages
+
+    [failed] = store.list_runs(campaign="poisoned")
+    assert failed.status == "failed" and failed.counts["attempts"] == MAX_RUN_ATTEMPTS
+    assert failed.reason is not None and failed.reason.startswith("OverflowError: Python int too large")
+    assert calls.count("poisoned") == MAX_RUN_ATTEMPTS  # bounded: not retried after it failed
+    [entry] = store.query_audit(AuditQuery(campaign="poisoned", actions=["run_failed"]))
+    assert entry.details["attempts"] == MAX_RUN_ATTEMPTS and entry.commit_sha == store.applied_state().commit_sha
+    assert "run_failed" in caplog.text and "poisoned-owner@example.com" in caplog.text
+    assert b'herald_runs_total{outcome="failed"} 1.0' in world.engine.rt.metrics.render()
+
+    report = health_report(world.engine.rt, None)
+    assert report["status"] == "degraded"
+    assert report["problems"] == [{"unit": "run", "name": f"poisoned run {failed.id}",
+                                   "reason": f"failed: {failed.reason}"}]
+
+
+def test_a_run_that_recovers_before_its_last_attempt_is_sent(
+        world: DemoWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = poison(monkeypatch, "poisoned")
+    world.advance_to(MOMENT + timedelta(seconds=1), every=timedelta(minutes=30))
+    world.step(sync=False)
+    assert 1 < calls.count("poisoned") < MAX_RUN_ATTEMPTS
+    monkeypatch.undo()  # the audience store answers again
+    world.clock.advance(timedelta(seconds=2))
+    world.step(sync=False)
+    [run] = world.engine.rt.store.list_runs(campaign="poisoned")
+    assert run.status in ("sending", "done") and run.enqueued == 12
+    assert health_report(world.engine.rt, None)["status"] == "ok"
+
+
+def test_health_names_claims_that_nobody_took_over(world: DemoWorld) -> None:
+    rt = world.engine.rt
+    world.advance_to(MOMENT - timedelta(minutes=1), every=timedelta(minutes=30))
+    assert health_report(rt, None) == {"status": "ok", "problems": [], "clock_skew_seconds": None}
+    world.clock.set(MOMENT + timedelta(seconds=1))
+    world.engine.tick()  # runs materialized, messages queued, nothing sent
+    claimed = rt.store.claim("dead-worker", 5, rt.clock.now(), timedelta(seconds=30))
+    assert len(claimed) == 5
+    world.clock.advance(timedelta(seconds=30) + STUCK_AFTER + timedelta(seconds=1))
+    report = health_report(rt, {"stage": "apply", "message": "campaigns/x.yaml:3:1: bad"})
+    assert report["status"] == "degraded"
+    units = {(p["unit"], p["name"]) for p in report["problems"]}
+    assert units == {("commit", "branch head"), ("outbox", "5 claimed")}
