@@ -442,6 +442,7 @@ DEEP = b"[" * 100_000 + b"]" * 100_000
     ("POST", b"/v1/events", AUTH_JSON, b'{"user_id": "u1", "name": "e", "v": 1' + b"0" * 5000 + b"}", 400),
     ("POST", b"/v1/users", AUTH_JSON, b'{"id": "u1", "v": ' + b"9" * 5000 + b"}", 400),
     ("POST", b"/v1/events", AUTH_JSON, b'{"user_id": "u1", "name": "e", "v": "\\ud800"}', 422),
+    ("POST", b"/v1/events", AUTH_JSON, b'{"user_id": "u1", "name": "e", "v": 1' + b"0" * 30 + b"}", 422),
     ("POST", b"/v1/events", AUTH_JSON, b'{"user_id": "u\\u0000", "name": "e"}', 422),
     ("POST", b"/v1/users", AUTH_JSON, b'{"id": "u1", "phone": "\\udfff"}', 422),
     ("POST", b"/v1/events", AUTH_JSON, b'{"user_id": "u1", "name": "e", "p": ' + b"[" * 40 + b"]" * 40 + b"}", 422),

@@ -3,8 +3,8 @@
 Both need `Authorization: Bearer <HERALD_ADMIN_TOKEN>`. A request is all-or-nothing: any invalid item
 rejects the whole request with 422 and per-item reasons, so a client can fix and resend it.
 Answers: 202 accepted, 400 malformed JSON (or a number too long to read, or a body cut short),
-401 token, 413 too large, 415 not JSON, 422 invalid items (incl. text with NUL or lone surrogates, values
-nested deeper than 32 levels, timestamps outside 1970-2200), 503 store unavailable (retry later) — never
+401 token, 413 too large, 415 not JSON, 422 invalid items (incl. text with NUL or lone surrogates, integers
+beyond 64 bits, values nested deeper than 32 levels, timestamps outside 1970-2200), 503 store unavailable (retry later) — never
 500, and never 503 for input that cannot succeed. An event without `ts` happened "now" (the Clock).
 
 Idempotency: an event with a client event id — its `id` field, or for event i of a request with an
@@ -40,7 +40,6 @@ from .security import (
     BodyTooLarge,
     as_bytes,
     bearer_token_ok,
-    json_problem,
     read_limited_body,
     unauthorized,
 )
@@ -119,10 +118,7 @@ def _parse_all(items: list[Any], parse: Callable[[int, Any], Any]) -> list[Any]:
     records: list[Any] = []
     errors: list[dict[str, Any]] = []
     for index, item in enumerate(items):
-        try:
-            problem = json_problem(item)
-            if problem is not None:
-                raise RecordError(problem)
+        try:  # parse_* also refuse values no store can hold (records.check_storable)
             records.append(parse(index, item))
         except RecordError as exc:
             if len(errors) < MAX_REPORTED_ERRORS:

@@ -1,5 +1,5 @@
-"""Request guards shared by the daemon's endpoints: admin token, GitHub-style HMAC, body size, and
-what a decoded JSON value may hold.
+"""Request guards shared by the daemon's endpoints: admin token, GitHub-style HMAC, body size, text
+that can be stored, and an ASCII request target.
 
 Invariant: nothing here raises on hostile input (non-ASCII headers, odd Content-Length values, clients
 that disconnect mid-body); each guard answers False or raises one of the exceptions below, which the
@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 MAX_BODY_BYTES = 1_048_576
-MAX_JSON_DEPTH = 32  # nesting levels inside one item (an event, a user, a receipt)
 _DIGITS_IN_A_SANE_LENGTH = 15
 
 
@@ -43,28 +41,6 @@ def text_problem(text: str) -> str | None:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return "text contains a lone surrogate (invalid Unicode)"
-    return None
-
-
-def json_problem(value: Any, max_depth: int = MAX_JSON_DEPTH) -> str | None:
-    """Why a decoded JSON value cannot be stored (None when it can): a key or string with a NUL or a
-    lone surrogate, or containers nested deeper than `max_depth`. Iterative: any depth is safe."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, str):
-            problem = text_problem(item)
-        elif isinstance(item, dict | list):
-            if depth >= max_depth:
-                return f"values are nested deeper than {max_depth} levels"
-            children = list(item.values()) if isinstance(item, dict) else item
-            keys = [str(key) for key in item] if isinstance(item, dict) else []
-            problem = next((found for key in keys if (found := text_problem(key))), None)
-            stack.extend((child, depth + 1) for child in children)
-        else:
-            problem = None
-        if problem:
-            return problem
     return None
 
 
