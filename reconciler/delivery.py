@@ -93,7 +93,8 @@ class DeliveryWorker:
         self.batch_size = batch_size
         self.linked = linked or LinkedContentFetcher(clock=rt.clock, policy=LinkedUrlPolicy())
         self._campaigns: dict[str, Campaign] = {}
-        self._settling: dict[int, str] = {}  # outbox id -> how its doubt is being settled (resent, failover)
+        # outbox id -> (how its doubt is being settled: found, resent, failover; the doubt's JSON)
+        self._settling: dict[int, tuple[str, str]] = {}
 
     def campaign_for(self, row: OutboxRow) -> Campaign | None:
         key = row.spec_hash or f"live:{row.campaign}"
@@ -159,22 +160,22 @@ class DeliveryWorker:
         found: list[SendResult] = []
         waiting: dict[int, str] = {}
         wait_until: dict[int, datetime] = {}
-        skipped: list[tuple[OutboxRow, str]] = []
+        skipped: list[tuple[OutboxRow, str, str]] = []
         for index, ((row, rendered), verdict) in enumerate(zip(ready, verdicts, strict=True)):
             if verdict is None or verdict.action == "resend":
                 if verdict is not None:
-                    self._settling[row.id] = verdict.settled or "resent"
+                    self._settling[row.id] = (verdict.settled or "resent", verdict.doubt.to_json())
                 plans[(verdict.exclude, verdict.prefer) if verdict else ((), None)].append(index)
             elif verdict.action == "found":
                 result = ProviderResult(row.idempotency_key, verdict.provider, "sent", verdict.provider_message_id,
                                         None, False, 0, rendered.segments)
-                self._settling[row.id] = "found"
+                self._settling[row.id] = ("found", verdict.doubt.to_json())
                 found.append(self._final(row, rendered, result, now))
             elif verdict.action == "wait":
                 waiting[row.id] = verdict.doubt.to_json()
                 wait_until[row.id] = verdict.retry_at or now
             else:
-                skipped.append((row, verdict.reason))
+                skipped.append((row, verdict.reason, verdict.doubt.to_json()))
         await asyncio.to_thread(self._write_settled, found, waiting, wait_until, skipped)
         outcome.sent += len(found)
         outcome.settled["found"] += len(found)
@@ -197,15 +198,15 @@ class DeliveryWorker:
         return await doubt.settle(self.router, group, message, open_doubt, now, row.claim_count)
 
     def _write_settled(self, found: list[SendResult], waiting: dict[int, str], wait_until: dict[int, datetime],
-                       skipped: list[tuple[OutboxRow, str]]) -> None:
+                       skipped: list[tuple[OutboxRow, str, str]]) -> None:
         store = self.rt.store
         if found:
             store.complete(self.rt.worker_id, found)
         for retry_at in sorted(set(wait_until.values())):
             store.release_in_doubt(self.rt.worker_id, {i: d for i, d in waiting.items() if wait_until[i] == retry_at},
                                    retry_at=retry_at)
-        for row, reason in skipped:
-            if store.skip_in_doubt(self.rt.worker_id, [row.id], redact(reason)):
+        for row, reason, record in skipped:
+            if store.skip_in_doubt(self.rt.worker_id, [row.id], redact(reason), doubt=record):
                 self.rt.metrics.skips.labels(reason="in_doubt").inc()
 
     async def _send(self, campaign: Campaign, ready: list[tuple[OutboxRow, Rendered]],
@@ -285,6 +286,7 @@ class DeliveryWorker:
 
     def _final(self, row: OutboxRow, rendered: Rendered, result: ProviderResult, now: datetime) -> SendResult:
         assert result.status != "in_doubt", "an in-doubt send is released with its doubt, never recorded final"
+        settling = self._settling.pop(row.id, None)
         provider = self.state.providers.get(result.provider or "")
         self.rt.metrics.sends.labels(provider=result.provider or "none", status=result.status).inc()
         self.rt.metrics.send_wait.observe(max(0.0, (now - row.not_before).total_seconds()))
@@ -293,7 +295,7 @@ class DeliveryWorker:
             provider_message_id=result.provider_message_id, attempts=result.attempts, error=result.error,
             segments=rendered.segments,
             cost=message_cost(provider, row.phone, rendered.segments) if result.status == "sent" else None,
-            doubt_settled=self._settling.pop(row.id, None))
+            doubt_settled=settling[0] if settling else None, doubt=settling[1] if settling else None)
 
     async def _record(self, campaign: Campaign, ready: list[tuple[OutboxRow, Rendered]],
                       results: Sequence[ProviderResult], outcome: BatchOutcome,

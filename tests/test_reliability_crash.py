@@ -18,7 +18,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -45,6 +45,7 @@ from daemon_harness import (
 from git import Repo
 
 from reconciler.store import open_state_store
+from reconciler.store.base import StateStore
 
 CAMPAIGN = "blast"
 
@@ -71,11 +72,13 @@ def _queue_drained(daemons: list[DaemonProcess]) -> bool:
 
 
 def crash_loop(mock: Mock, daemons: list[DaemonProcess], repo: Repo, total: int, kills: int, rng: random.Random,
-               timeout: float, state_url: str | None = None) -> CrashRun:
+               timeout: float, state_url: str | None = None, progress: Callable[[], int] | None = None) -> CrashRun:
     """Start the daemons, schedule the campaign, kill one at random points `kills` times (restarting
     it at once), wait until every message is recorded, then stop them gracefully. With `state_url`,
-    each kill also notes how many rows the victim held claimed: they are left in doubt."""
+    each kill also notes how many rows the victim held claimed: they are left in doubt. `progress`
+    counts settled messages (default: what the mock accepted)."""
     outcome = CrashRun()
+    done = progress or mock.accepted
     for daemon in daemons:
         daemon.start()
     for daemon in daemons:
@@ -99,10 +102,10 @@ def crash_loop(mock: Mock, daemons: list[DaemonProcess], repo: Repo, total: int,
     kill_one("after start")
     # … and the rest at random accepted-message counts: mid-sending, some batches sent but unrecorded.
     for threshold in sorted(rng.sample(range(1, total), kills - 1)):
-        wait_for(lambda t=threshold: mock.accepted() >= t, timeout=timeout, what=f"{threshold} accepted messages",
-                 poll=0.005, on_timeout=lambda: _logs(daemons))
+        wait_for(lambda t=threshold: done() >= t, timeout=timeout, what=f"{threshold} settled messages",
+                 poll=0.005 if progress is None else 0.05, on_timeout=lambda: _logs(daemons))
         kill_one(f"at {threshold} accepted")
-    wait_for(lambda: mock.accepted() >= total and _queue_drained(daemons), timeout=timeout,
+    wait_for(lambda: done() >= total and _queue_drained(daemons), timeout=timeout,
              what="every message sent and recorded", poll=0.1, on_timeout=lambda: _logs(daemons))
     outcome.seconds = time.monotonic() - began
     for daemon in daemons:
@@ -249,6 +252,26 @@ def cpu_hogs(count: int = 2) -> Iterator[None]:
             hog.wait()
 
 
+@contextlib.contextmanager
+def settled_counter(mock: Mock, state_url: str, providers: str) -> Iterator[Callable[[], int] | None]:
+    """Progress of a run whose policy skips in-doubt messages: accepted + skipped (None: accepted)."""
+    if providers is TWILIO_GROUP:
+        yield None
+        return
+    store: list[StateStore] = []
+
+    def settled() -> int:
+        if not store:
+            store.append(open_state_store(state_url))
+        return mock.accepted() + store[0].outbox_status_counts().get("skipped", 0)
+
+    try:
+        yield settled
+    finally:
+        for opened in store:
+            opened.close()
+
+
 def _files(providers: str) -> dict[str, str]:
     return {**standard_files(), "providers/providers.yaml": providers}
 
@@ -261,9 +284,9 @@ def _single_daemon_crash_test(tmp_path: Path, total: int, kills: int, seed: int,
     state_url = f"sqlite:///{tmp_path / 'state.db'}"
     ingest(audience_url, users)  # before the daemon starts: a DuckDB file belongs to one process
     repo = write_repo(tmp_path / "repo", _files(providers))
-    with mock_provider() as mock, cpu_hogs():
+    with mock_provider() as mock, cpu_hogs(), settled_counter(mock, state_url, providers) as progress:
         daemon = DaemonProcess(tmp_path / "d1", str(tmp_path / "repo"), state_url, audience_url, mock.url)
-        run = crash_loop(mock, [daemon], repo, total, kills, rng, timeout, state_url)
+        run = crash_loop(mock, [daemon], repo, total, kills, rng, timeout, state_url, progress)
         if providers is TWILIO_GROUP:
             assert_exactly_once(mock, state_url, users, run)
         else:
@@ -295,10 +318,10 @@ def _two_daemons_on_postgres(tmp_path: Path, dsn: str, total: int, kills: int, s
     users = population(total)
     ingest(dsn, users)
     repo = write_repo(tmp_path / "repo", _files(providers))
-    with mock_provider() as mock, cpu_hogs():
+    with mock_provider() as mock, cpu_hogs(), settled_counter(mock, dsn, providers) as progress:
         daemons = [DaemonProcess(tmp_path / name, str(tmp_path / "repo"), dsn, dsn, mock.url, name=name, workers=2)
                    for name in ("pg-a", "pg-b")]
-        run = crash_loop(mock, daemons, repo, total, kills, rng, timeout, dsn)
+        run = crash_loop(mock, daemons, repo, total, kills, rng, timeout, dsn, progress)
         if providers is TWILIO_GROUP:
             assert_exactly_once(mock, dsn, users, run)
         else:
