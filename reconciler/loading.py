@@ -72,8 +72,9 @@ def _new_yaml() -> YAML:
 # Inputs where libyaml is more lenient than ruamel's scanner (found by the parity fuzz tests in
 # tests/test_loading_fastpath.py); they take the pure path so the pure parser decides.
 # Also an anchor or alias name followed by one of ?:%@` (libyaml ends the name there and goes on;
-# ruamel takes the character into the name).
-_PURE_ONLY = re.compile(r"^%YAML|\t|[|>][-+0-9]*#|[&*][0-9A-Za-z_-]+[?:%@`]", re.MULTILINE)
+# ruamel takes the character into the name). Also the Unicode line breaks NEL, LS and PS (libyaml
+# counts them as line breaks inside quoted scalars too, so later positions differ).
+_PURE_ONLY = re.compile(r"^%YAML|\t|[|>][-+0-9]*#|[&*][0-9A-Za-z_-]+[?:%@`]|[\x85\u2028\u2029]", re.MULTILINE)
 
 
 def _resolver_table(version: tuple[int, int]) -> dict[Any, list[tuple[str, Any]]]:
