@@ -6,8 +6,10 @@ the timer), so an event delivered twice, or a timer fired twice after a crash, e
 A live campaign with a subset limit sends to the first N qualifying users, then it ends.
 
 Each (event, campaign) pair is handled on its own: one that fails (an unusable value, a template or
-store error) is logged, counted in herald_live_event_failures_total and audited as
-`live_event_failed` with the event and the reason; the other events and campaigns proceed.
+store error) is logged, counted in herald_live_event_failures_total{unit="event"} and audited as
+`live_event_failed` with the event and the reason; the other events and campaigns proceed. So is each
+due timer: a failing one is retried when its claim lease ends, and after MAX_TIMER_TRIES failures it
+is completed and audited as `live_timer_failed` (unit="timer").
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ from .store.base import Timer, idempotency_key
 LOG = logging.getLogger("herald.live")
 COMPLETED_KEY = "live:completed:{}"
 LIVE_EVENT_FAILED = "live_event_failed"  # audit action: one event could not be handled for one campaign
+LIVE_TIMER_FAILED = "live_timer_failed"  # audit action: a timer failed MAX_TIMER_TRIES times and was dropped
+MAX_TIMER_TRIES = 5
+TIMER_TRIES_KEY = "live:timer-tries:{}"
 MAX_REASON_CHARS = 300
 
 
@@ -90,16 +95,21 @@ def _record_failure(rt: Runtime, campaign: Campaign, event: EventRecord, exc: Ex
     eid = event_id(event)
     LOG.warning("live event %s (%s of user %s) failed for campaign %s: %s", eid, event.name, event.user_id,
                 campaign.name, reason)
-    rt.metrics.live_event_failures.labels(campaign=campaign.name).inc()
+    rt.metrics.live_event_failures.labels(campaign=campaign.name, unit="event").inc()
+    _audit_failure(rt, LIVE_EVENT_FAILED, campaign.name, {
+        "event_id": eid, "client_event_id": event.id, "user_id": event.user_id, "event": event.name,
+        "ts": event.ts.isoformat(), "reason": reason})
+
+
+def _audit_failure(rt: Runtime, action: str, campaign: str, details: dict[str, Any]) -> None:
+    """One audit entry for a failed unit; if the store cannot take it either, the failure is logged."""
     try:
-        obj = rt.store.get_object("Campaign", campaign.name)
+        obj = rt.store.get_object("Campaign", campaign)
         rt.store.append_audit([audit.audit_record(
-            LIVE_EVENT_FAILED, at=rt.clock.now(), actor=rt.actor, kind="Campaign", name=campaign.name,
-            commit_sha=obj.commit_sha if obj else None,
-            details={"event_id": eid, "client_event_id": event.id, "user_id": event.user_id, "event": event.name,
-                     "ts": event.ts.isoformat(), "reason": reason})])
-    except Exception as audit_exc:
-        LOG.error("could not audit the failed live event %s: %s", eid, redact(f"{type(audit_exc).__name__}"))
+            action, at=rt.clock.now(), actor=rt.actor, kind="Campaign", name=campaign,
+            commit_sha=obj.commit_sha if obj else None, details=details)])
+    except Exception as exc:
+        LOG.error("could not audit %s for campaign %s: %s", action, campaign, type(exc).__name__)
 
 
 def _handle_one(rt: Runtime, state: DesiredState, campaign: Campaign, event: EventRecord,
@@ -176,15 +186,51 @@ def _complete(rt: Runtime, campaign: Campaign) -> None:
 
 
 def fire_due_timers(rt: Runtime, state: DesiredState, limit: int = 500) -> Counter[str]:
-    """Inaction timers that came due: re-check that the missing event did not happen, then enqueue."""
+    """Inaction timers that came due: re-check that the missing event did not happen, then enqueue.
+
+    Each timer is isolated: one that raises stays claimed ("retry_later": another try when its lease
+    ends) until it has failed MAX_TIMER_TRIES times, then it is completed as "failed" and audited."""
     now = rt.clock.now()
     outcomes: Counter[str] = Counter()
     timers = rt.store.due_timers(rt.worker_id, now, limit, rt.leases.timer)
+    finished = []
     for timer in timers:
-        outcomes[_fire(rt, state, timer)] += 1
-    if timers:
-        rt.store.complete_timers(rt.worker_id, [t.id for t in timers])
+        outcome = _fire_isolated(rt, state, timer)
+        outcomes[outcome] += 1
+        if outcome != "retry_later":
+            finished.append(timer.id)
+    if finished:
+        rt.store.complete_timers(rt.worker_id, finished)
     return outcomes
+
+
+def _fire_isolated(rt: Runtime, state: DesiredState, timer: Timer) -> str:
+    try:
+        return _fire(rt, state, timer)
+    except Exception as exc:
+        return _timer_failed(rt, timer, exc)
+
+
+def _timer_failed(rt: Runtime, timer: Timer, exc: Exception) -> str:
+    """Count one failed try of `timer` (in the store's kv); the last allowed try ends it, audited."""
+    reason = redact(f"{type(exc).__name__}: {exc}")[:MAX_REASON_CHARS]
+    rt.metrics.live_event_failures.labels(campaign=timer.campaign, unit="timer").inc()
+    key = TIMER_TRIES_KEY.format(timer.id)
+    try:
+        tries = int(rt.store.kv_get(key) or 0) + 1
+        rt.store.kv_set(key, tries)
+    except Exception:  # the state store itself is failing: try again when the lease ends
+        LOG.warning("live timer %s of campaign %s failed and cannot be counted: %s", timer.key, timer.campaign,
+                    reason)
+        return "retry_later"
+    LOG.warning("live timer %s of campaign %s failed (try %d of %d): %s", timer.key, timer.campaign, tries,
+                MAX_TIMER_TRIES, reason)
+    if tries < MAX_TIMER_TRIES:
+        return "retry_later"
+    _audit_failure(rt, LIVE_TIMER_FAILED, timer.campaign, {
+        "timer": timer.key, "user_id": timer.user_id, "fire_at": timer.fire_at.isoformat(), "tries": tries,
+        "reason": reason})
+    return "failed"
 
 
 def _fire(rt: Runtime, state: DesiredState, timer: Timer) -> str:

@@ -33,8 +33,8 @@ class Metrics:
                                        "Seconds workers waited for send-rate tokens", ["bucket"], registry=r)
         self.runs = Counter("herald_runs_total", "Campaign runs by outcome", ["outcome"], registry=r)
         self.live_event_failures = Counter("herald_live_event_failures_total",
-                                           "Live events a campaign could not handle (each audited)",
-                                           ["campaign"], registry=r)
+                                           "Live events (unit=event) or timer tries (unit=timer) a campaign "
+                                           "could not handle", ["campaign", "unit"], registry=r)
 
     def set_last_applied(self, commit: str) -> None:
         self.last_applied.clear()

@@ -27,7 +27,7 @@ from reconciler.audience.records import EventRecord
 from reconciler.audience.store import AudienceStore
 from reconciler.daemon import Daemon, DaemonOptions
 from reconciler.demo import DemoWorld, demo_phone, demo_world
-from reconciler.live import LIVE_EVENT_FAILED, handle_events
+from reconciler.live import LIVE_EVENT_FAILED, LIVE_TIMER_FAILED, MAX_TIMER_TRIES, handle_events
 from reconciler.store.base import AuditQuery
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,9 +175,28 @@ def test_an_event_that_breaks_the_live_hook_is_recorded_and_the_others_still_get
     [entry] = rt.store.query_audit(AuditQuery(actions=[LIVE_EVENT_FAILED]))
     assert (entry.name, entry.details["user_id"], entry.details["client_event_id"]) == ("cart", "u00008", "old-version")
     assert entry.details["reason"].startswith("OverflowError")
-    assert 'herald_live_event_failures_total{campaign="cart"} 1.0' in rt.metrics.render().decode()
+    assert 'herald_live_event_failures_total{campaign="cart",unit="event"} 1.0' in rt.metrics.render().decode()
     live.world.advance_to(now + timedelta(minutes=6), every=timedelta(minutes=1))
     assert len(live.outbox("cart", "u00012")) == 1  # the good cart's timer fired
+
+
+def test_a_failing_timer_is_retried_then_recorded_failed_and_never_stops_the_others(live: Live) -> None:
+    """A timer whose context is unusable (written by an older version, say) due in the same tick as a
+    good one: the good one fires; the bad one is tried once per claim lease, then ends audited."""
+    rt = live.world.engine.rt
+    now = live.world.clock.now()
+    rt.store.add_timer("cart", "u00013", now + timedelta(minutes=5), "cart:u00013:poison", {"started_at": "garbage"})
+    assert live.post({"user_id": "u00012", "name": "added_to_cart", "id": "c-12"}).status_code == 202
+    live.world.advance_to(now + timedelta(minutes=6), every=timedelta(minutes=1))
+    assert len(live.outbox("cart", "u00012")) == 1
+    assert rt.store.query_audit(AuditQuery(actions=[LIVE_TIMER_FAILED])) == []  # not yet: it will be retried
+    live.world.advance_to(now + timedelta(minutes=6) + MAX_TIMER_TRIES * rt.leases.timer, every=timedelta(minutes=1))
+    [entry] = rt.store.query_audit(AuditQuery(actions=[LIVE_TIMER_FAILED]))
+    assert (entry.name, entry.details["user_id"], entry.details["tries"]) == ("cart", "u00013", MAX_TIMER_TRIES)
+    assert entry.details["reason"].startswith("ValueError")
+    metrics = rt.metrics.render().decode()
+    assert f'herald_live_event_failures_total{{campaign="cart",unit="timer"}} {MAX_TIMER_TRIES}.0' in metrics
+    assert rt.store.due_timers("probe", live.world.clock.now() + timedelta(days=1), 10, rt.leases.timer) == []
 
 
 def test_out_of_range_times_are_refused_per_event_by_index(live: Live) -> None:
