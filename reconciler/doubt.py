@@ -103,7 +103,8 @@ async def settle(router: GroupRouter, group: ProviderGroup | None, message: Outb
         if isinstance(found, ProviderError):
             reason = f"lookup at {provider} failed: {found.message}"
             if claim_count >= MAX_DOUBT_CLAIMS:
-                return Verdict("skip", doubt, settled="skipped", reason=f"in doubt, {reason} ({claim_count} claims)")
+                return Verdict("skip", doubt, settled="skipped",
+                               reason=f"in_doubt: {reason} ({claim_count} claims); not resent")
             return Verdict("wait", doubt, retry_at=now + LOOKUP_RETRY, reason=reason)
         if found.provider_message_id is not None:
             return Verdict("found", doubt, provider=provider, provider_message_id=found.provider_message_id,
@@ -119,4 +120,5 @@ async def settle(router: GroupRouter, group: ProviderGroup | None, message: Outb
     if policy == "failover" and others:
         return Verdict("resend", doubt, exclude=tuple(blind), settled="failover")
     return Verdict("skip", doubt, settled="skipped",
-                   reason=f"in doubt at {', '.join(blind)} ({doubt.reason}); not resent (inDoubt: {policy})")
+                   reason=f"in_doubt: may have been sent by {', '.join(blind)} ({doubt.reason}); "
+                          f"not resent (inDoubt {policy})")

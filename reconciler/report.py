@@ -68,6 +68,9 @@ class CampaignReport:
     tally: Tally
     by_run: list[RunReport]
     by_provider: dict[str, Tally]
+    # Sends that were ever in doubt (the provider may have taken them unseen), by how each was settled:
+    # found (the provider's lookup had it), resent, failover, skipped (policy), unsettled (still open).
+    in_doubt: dict[str, int] = field(default_factory=dict)
 
 
 def build_report(store: StateStore, audience: AudienceStore | None, state: DesiredState, *,
@@ -96,7 +99,7 @@ def delivery_report(store: StateStore, name: str) -> CampaignReport:
     live_rows = sum(row.count for row in counts if row.run_id is None)  # live messages have no run
     total.targeted = sum(r.targeted for r in runs) + live_rows
     run_reports = [RunReport(r.id, r.scheduled_for.isoformat(), r.status, r.reason, by_run[r.id]) for r in runs]
-    return CampaignReport(name, len(runs), total, run_reports, dict(by_provider))
+    return CampaignReport(name, len(runs), total, run_reports, dict(by_provider), store.in_doubt_counts(campaign=name))
 
 
 def _campaign_report(store: StateStore, audience: AudienceStore | None, campaign: Campaign | None,
@@ -169,6 +172,9 @@ def report_table(reports: list[CampaignReport]) -> str:
         if report.tally.skipped:
             reasons = ", ".join(f"{k}={v}" for k, v in sorted(report.tally.skipped.items()))
             lines.append(f"{'':<30}skipped: {reasons}")
+        if report.in_doubt:
+            settled = ", ".join(f"{k}={v}" for k, v in sorted(report.in_doubt.items()))
+            lines.append(f"{'':<30}in doubt: {sum(report.in_doubt.values())} ({settled})")
         if report.tally.cost:
             costs = ", ".join(f"{amount:.4f} {currency}" for currency, amount in sorted(report.tally.cost.items()))
             lines.append(f"{'':<30}cost: {costs}")

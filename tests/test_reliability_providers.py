@@ -27,6 +27,7 @@ from daemon_harness import (
 from reconciler.delivery import MAX_CLAIMS, DeliveryWorker
 from reconciler.demo import DemoWorld
 from reconciler.providers.group import GroupRouter
+from reconciler.report import delivery_report, report_table
 from reconciler.runtime import Leases
 from reconciler.store.base import OutboxRow
 
@@ -137,6 +138,9 @@ def test_half_of_the_requests_failing_with_5xx_loses_and_doubles_nothing(world: 
     assert accepted == {"twilio": USERS}
     assert world.engine.rt.store.in_doubt_counts(campaign="blast0") == {"resent": len(in_doubt)}
     assert mock.provider_stats("twilio")["lookups"] == len(in_doubt)
+    report = delivery_report(world.engine.rt.store, "blast0")  # what `herald report` shows
+    assert report.in_doubt == {"resent": len(in_doubt)}
+    assert f"in doubt: {len(in_doubt)} (resent={len(in_doubt)})" in report_table([report])
 
 
 @pytest.mark.parametrize("world", [{"timeout": 0.3}], indirect=True)
