@@ -33,10 +33,12 @@ class Every(StrictModel):
 
     @model_validator(mode="after")
     def _anchor(self) -> Every:
-        if self.unit == "weeks" and self.weekday is None:
-            raise ValueError("unit 'weeks' needs 'weekday'")
-        if self.unit == "months" and (self.day is None or self.day == 0):
-            raise ValueError("unit 'months' needs 'day' (1-28, or -1 for the last day)")
+        if self.unit == "weeks" and (self.weekday is None or self.day is not None):
+            raise ValueError("unit 'weeks' needs 'weekday' and takes no 'day'")
+        if self.unit == "months" and self.day == 0:
+            raise ValueError("there is no day 0 of a month: use 1-28, or -1 for the last day")
+        if self.unit == "months" and (self.day is None or self.weekday is not None):
+            raise ValueError("unit 'months' needs 'day' (1-28, or -1 for the last day) and takes no 'weekday'")
         if self.unit == "days" and (self.weekday is not None or self.day is not None):
             raise ValueError("unit 'days' takes neither 'weekday' nor 'day'")
         return self
