@@ -22,6 +22,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from reconciler.audience import open_audience_store
+from reconciler.audience.compiler import Fragment
 from reconciler.audience.postgres_store import PostgresAudienceStore
 from reconciler.audience.records import EventRecord
 from reconciler.audience.store import AudienceStore
@@ -277,3 +278,13 @@ def test_a_schema_version_1_postgresql_store_is_migrated(pg_dsn: str) -> None:
     with psycopg.connect(pg_dsn) as conn:
         row = conn.execute("SELECT value FROM audience_meta WHERE key = 'schema_version'").fetchone()
         assert row is not None and row[0] == "2"
+
+
+def test_a_duckdb_file_from_before_client_ids_gains_the_table_on_open(tmp_path: Path) -> None:
+    url = f"duckdb:///{tmp_path / 'old.duckdb'}"
+    with open_audience_store(url) as store:
+        store.insert_events([ev(None)])
+        store._fetchall(Fragment("DROP TABLE event_ids"))  # what a file written before client ids looks like
+    with open_audience_store(url) as reopened:
+        assert reopened.write_events([ev("x"), ev("x")]).duplicate == [False, True]
+        assert reopened.stats().events == 2
