@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -96,3 +97,25 @@ def test_cheap_bound_never_undercounts(value: object) -> None:
     YAML().dump({"root": value}, block)
     for text in (json.dumps({"root": value}), json.dumps({"root": value}, separators=(",", ":")), block.getvalue()):
         assert loading._nesting_bound(text) >= 1 + _depth(value)
+
+
+def test_a_deep_file_in_a_commit_is_refused_where_the_daemon_reads_it(tmp_path: Path) -> None:
+    """The daemon loads commits from git blobs through the same loader: the deep file is one error,
+    and the commit's other files still load (the reconciler then keeps the last good state)."""
+    from git import Actor, Repo
+
+    from reconciler.gitsource import read_commit
+
+    root = tmp_path / "repo"
+    (root / "campaigns").mkdir(parents=True)
+    (root / "campaigns" / "deep.yaml").write_text("a: " + "{a: " * 30_000 + "}" * 30_000 + "\n")
+    (root / "campaigns" / "segment.yaml").write_text(
+        "apiVersion: herald/v1\nkind: Segment\nmetadata: {name: fine}\nspec: {rules: {property: {name: a, op: exists}}}\n")
+    repo = Repo.init(root, initial_branch="main")
+    repo.index.add(["campaigns/deep.yaml", "campaigns/segment.yaml"])
+    bot = Actor("Test", "test@example.com")
+    repo.index.commit("deep", author=bot, committer=bot)
+    result = read_commit(repo).load()
+    assert [(Path(d.path).name, d.line, d.col, d.message) for d in result.errors] == [
+        ("deep.yaml", 1, 260, f"document nests deeper than {MAX_DEPTH} levels")]
+    assert set(result.state.segments) == {"fine"}
