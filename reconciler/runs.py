@@ -32,17 +32,17 @@ from .scheduling import (
     expires_at,
     fanout_run,
     local_day_bounds,
+    next_due_at,
     plan_catch_up,
     recipient_zone,
 )
 from .scheduling.recurrence import Run as ScheduledRun
 from .scheduling.recurrence import scheduled_runs
 from .secrets import redact
-from .store.base import AppliedState, OutboxItem, Run, idempotency_key
+from .store.base import AppliedState, OutboxItem, Run, ScheduleMark, idempotency_key
 
 LOG = logging.getLogger("herald.runs")
 MAX_RUN_ATTEMPTS = 5  # materialization failures before a run ends `failed`
-LAST_TICK_KEY = "scheduler:last_tick"
 MATERIALIZE_BATCH = 2000
 
 
@@ -67,15 +67,28 @@ def member_from_context(context: dict[str, Any]) -> Member:
 
 
 def schedule_tick(rt: Runtime, state: DesiredState, applied: AppliedState) -> list[Run]:
-    """Create the runs that are due now (and record runs the catch-up policy drops). Idempotent."""
+    """Create the runs that are due now (and record runs the catch-up policy drops). Idempotent.
+
+    Each campaign has its own watermark (store.schedule_marks): the tick that last planned it, and
+    when it is next due. A campaign is planned when it has no mark yet (just applied: planned from its
+    creation, so it runs even when other campaigns' watermarks already passed its moment — a
+    campaign applied by one daemon while another was ticking, or on a host with a skewed clock), when
+    it or the Settings changed since its mark, or when its next_due_at has come. Others are not
+    enumerated at all.
+    """
     now = rt.clock.now()
-    last_tick = _parse_time(rt.store.kv_get(LAST_TICK_KEY))
+    marks = rt.store.schedule_marks()
+    settings_at = max((o.applied_at for o in applied.of_kind("Settings")), default=None)
     created: list[Run] = []
     for name, campaign in state.campaigns.items():
         obj = applied.get("Campaign", name)
         if obj is None or campaign.spec.type != "past_behavior":
             continue
-        plan = plan_catch_up(campaign, state.settings, created_at=obj.created_at, last_run_at=last_tick, now=now)
+        mark = marks.get(name)
+        if mark is not None and not _needs_planning(mark, obj.applied_at, settings_at, now):
+            continue
+        plan = plan_catch_up(campaign, state.settings, created_at=obj.created_at,
+                             last_run_at=mark.watermark if mark else None, now=now)
         for sched in plan.run:
             run, new = rt.store.create_run(name, sched.opens_at, spec_hash=obj.spec_hash,
                                            commit_sha=obj.commit_sha, seed=random.getrandbits(31))
@@ -84,12 +97,16 @@ def schedule_tick(rt: Runtime, state: DesiredState, applied: AppliedState) -> li
         for sched in plan.skipped:
             rt.store.create_run(name, sched.opens_at, spec_hash=obj.spec_hash, commit_sha=obj.commit_sha,
                                 seed=0, status="skipped", reason=plan.reason or "missed")
-    rt.store.kv_set(LAST_TICK_KEY, now.isoformat())
+        rt.store.set_schedule_mark(name, watermark=now, next_due_at=next_due_at(
+            campaign, state.settings, created_at=obj.created_at, after=now))
     return created
 
 
-def _parse_time(value: Any) -> datetime | None:
-    return datetime.fromisoformat(value) if isinstance(value, str) else None
+def _needs_planning(mark: ScheduleMark, changed_at: datetime, settings_at: datetime | None,
+                    now: datetime) -> bool:
+    if changed_at >= mark.updated_at or (settings_at is not None and settings_at >= mark.updated_at):
+        return True
+    return mark.next_due_at is not None and mark.next_due_at <= now
 
 
 def scheduled_run_for(campaign: Campaign, state: DesiredState, created_at: datetime,

@@ -133,3 +133,25 @@ def test_health_names_claims_that_nobody_took_over(world: DemoWorld) -> None:
     assert report["status"] == "degraded"
     units = {(p["unit"], p["name"]) for p in report["problems"]}
     assert units == {("commit", "branch head"), ("outbox", "5 claimed")}
+
+
+def test_a_campaign_applied_behind_the_schedulers_watermark_still_runs(world: DemoWorld) -> None:
+    """One daemon ticked (and set its watermark) at 13:10 on a fast clock; another, on a correct clock,
+    applies at 13:00 a campaign for 13:05. It used to be skipped for good and unrecorded; now it is
+    planned from its own creation and caught up (catch-up policy `latest`)."""
+    rt = world.engine.rt
+    world.clock.set(MOMENT + timedelta(minutes=10))
+    world.step(sync=False)  # the fast daemon's tick: every campaign it knows is marked at 13:10
+    world.clock.set(MOMENT)
+    late = (world.repo.working_tree_dir or "") + "/campaigns/late.yaml"
+    Path(late).write_text(campaign("late").replace(f"{MOMENT:%H:%M:%S}", "13:05:00"))
+    world.repo.git.add(A=True)
+    world.repo.index.commit("a campaign for 13:05")
+    world.engine.sync()  # applied at 13:00 (its creation) by the other daemon, which does not hold the
+    # scheduler lease: only the fast daemon ticks
+    before = len(received(world))
+    world.clock.set(MOMENT + timedelta(minutes=10, seconds=1))
+    world.step(sync=False)
+    [run] = rt.store.list_runs(campaign="late")
+    assert run.scheduled_for == MOMENT + timedelta(minutes=5) and run.status in ("sending", "done")
+    assert run.enqueued == 12 and len(received(world)) - before == 12
