@@ -167,6 +167,8 @@ def report_table(reports: list[CampaignReport]) -> str:
         lines.append(_row(f"{report.campaign} ({report.runs} runs)", report.tally))
         for run in report.by_run:
             lines.append(_row(f"  run {run.run_id} {run.status}", run.tally))
+            if run.status in ("failed", "blocked") and run.reason:
+                lines.append(f"{'':<30}{run.status}: {run.reason}")
         for provider, tally in sorted(report.by_provider.items()):
             lines.append(_row(f"  via {provider}", tally))
         if report.tally.skipped:
