@@ -17,7 +17,7 @@ from test_audience_support import NOW, add_events, add_users, phone, store  # no
 
 from reconciler.audience import AudienceStore
 from reconciler.audience.compiler import UnbindableValueError
-from reconciler.audience.semantics import PredicateError
+from reconciler.audience.semantics import PredicateError, predicate_holds
 from reconciler.models.common import INT64_MAX, INT64_MIN, MAX_DURATION, parse_duration
 from reconciler.models.segment import EventPredicate, EventRule, PropertyPredicate, PropertyRule
 
@@ -83,3 +83,13 @@ def test_unbindable_values_raise_a_predicate_error(store: AudienceStore, rule: A
     with pytest.raises(UnbindableValueError, match=message) as info:
         store.count(rule, NOW)
     assert isinstance(info.value, PredicateError)
+
+
+@pytest.mark.parametrize(("op", "value", "holds"), [
+    ("gt", 5, True), ("lt", 5, False), ("eq", 7, False), ("between", [1, 10], False), ("exists", None, True),
+])
+def test_python_semantics_compare_an_oversize_stored_number_without_overflow(op: str, value: Any, holds: bool) -> None:
+    """A property stored before ingest refused such numbers: live triggers compare it as +infinity."""
+    pred = PropertyPredicate.model_validate({"name": "score", "op": op, "value": value})
+    assert predicate_holds(pred, 10**400, NOW) is holds
+    assert predicate_holds(pred, -(10**400), NOW) is (op == "exists" or (op == "lt"))

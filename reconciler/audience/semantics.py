@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -64,10 +65,19 @@ def as_number(value: Any) -> float | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int | float):
-        return float(value)
+        return _float(value)
     if isinstance(value, str) and _NUMBER.fullmatch(value):
         return float(value)
     return None
+
+
+def _float(value: int | float) -> float:
+    """float(value), never OverflowError: an integer past the float range is +-infinity (a stored
+    property may hold one; comparing it must not fail the live hook for that user)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def as_timestamp(value: Any) -> datetime | None:
@@ -105,7 +115,7 @@ def _eq(stored: Any, wanted: Any, timestamp_field: bool) -> bool:
         return _timestamps(stored, wanted, "eq")
     if isinstance(wanted, int | float) and not isinstance(wanted, bool):
         number = as_number(stored)
-        return number is not None and number == float(wanted)
+        return number is not None and number == _float(wanted)
     return _scalar(stored) and text_form(stored) == text_form(wanted)
 
 
@@ -145,7 +155,7 @@ def _ordered(stored: Any, wanted: Any, op: str, timestamp_field: bool) -> bool:
     kind = ordered_kind(wanted, timestamp_field)
     if kind == "number":
         left_n = as_number(stored)
-        return left_n is not None and _compare(left_n, float(wanted), op)
+        return left_n is not None and _compare(left_n, _float(wanted), op)
     if kind == "timestamp":
         return _timestamps(stored, wanted, op)
     if not isinstance(stored, str):
