@@ -1,7 +1,8 @@
 """YAML → validated documents, keeping source positions so every error names path:line:col.
 
 Files arrive as bytes (from a directory or a git tree). Hostile input is bounded: file size,
-node count (alias bombs expand here and are stopped), and nesting depth.
+node count (alias bombs expand here and are stopped), and nesting depth, which is checked on the
+parser's events before any composer runs (composers recurse; libyaml's segfaulted at ~30,000 levels).
 
 Parsing has two paths that give the same trees. The fast one composes nodes with ruamel.yaml's C
 parser (ruamel.yaml.clib, libyaml), whose nodes carry start marks, and builds the round-trip tree
