@@ -41,6 +41,8 @@ spec:
   apiKey: key1
   apiSecret: {secretRef: {env: V_SECRET}}
   from: Herald
+  reportsLookup: true
+  timeoutSeconds: 0.25
 ---
 apiVersion: herald/v1
 kind: Provider
@@ -265,6 +267,26 @@ async def test_a_500_leaves_the_message_in_doubt_and_the_lookup_tells_whether_it
     assert isinstance(was_taken, Found) and was_taken.provider_message_id == state.query("twilio")[0].provider_message_id
     assert isinstance(not_taken, Found) and not_taken.provider_message_id is None
     assert state.query("vonage") == []
+
+
+@pytest.mark.anyio
+async def test_vonage_reports_lookup_finds_an_in_doubt_message_by_its_client_ref(desired, mock, clock) -> None:
+    url, state = mock
+    fault(url, provider="vonage", latency_ms=800, times=1)  # taken, answered after the 0.25 s timeout
+    late, never_sent = messages(2, prefix="vn", number="+4479111{:05d}")
+    async with router(desired, url, clock) as r:
+        (result,) = await r.send_via("p-vonage", [late])
+        assert (result.status, result.provider) == ("in_doubt", "p-vonage")
+        await _until(lambda: len(state.query("vonage")) == 1, seconds=10)
+        now = datetime.now(UTC)
+        window = (now - timedelta(minutes=1), now)
+        found = await r.look_up("p-vonage", InDoubt(late, *window))
+        missing = await r.look_up("p-vonage", InDoubt(never_sent, *window))
+    (taken,) = state.query("vonage")
+    assert taken.fields["client-ref"] == late.message_id
+    assert isinstance(found, Found) and found.provider_message_id == taken.provider_message_id
+    assert isinstance(missing, Found) and missing.provider_message_id is None
+    assert state.stats()["providers"]["vonage"]["lookups"] == 2
 
 
 @pytest.mark.anyio

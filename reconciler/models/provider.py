@@ -66,6 +66,10 @@ class VonageSpec(ProviderCommon):
     signatureSecret: SecretValue | None = Field(default=None, description="Signs requests and verifies receipts.")
     from_: str = Field(alias="from", pattern=r"^(\+?[1-9][0-9]{6,14}|[A-Za-z0-9 ]{1,11})$")
     statusCallbackUrl: str | None = None
+    reportsLookup: bool = Field(
+        default=False,
+        description="Settle in-doubt sends with Vonage's Reports API (records by client-ref; a separately "
+                    "priced Vonage product). Off: the group's inDoubt policy decides.")
 
 
 class Msg91Spec(ProviderCommon):

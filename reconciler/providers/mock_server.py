@@ -9,7 +9,8 @@ By default the mock behaves like the real APIs (none of which documents deduplic
 - it DOES finish requests whose client gave up: with latency injected, a client that times out and
   hangs up still gets its message recorded (counted `late`), as a real provider would have sent it;
 - it serves Twilio's Message list (GET …/Messages.json, filtered by To/From/DateSent, paged, every
-  field the twilio SDK reads) where a message shows up `visibility_delay` seconds after it was taken.
+  field the twilio SDK reads) and Vonage's Reports API records (GET /vonage/v2/reports/records), where
+  a message shows up `visibility_delay` seconds after it was taken.
 MockState(dedupe=True, finish_abandoned=False) is the old idempotent provider: a request repeating an
 Idempotency-Key already answered gets the first answer again (counted `duplicates`), and a request
 whose client hung up is dropped unprocessed (counted `abandoned`).
@@ -42,6 +43,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -296,6 +298,42 @@ def _twilio_list(state: MockState) -> Callable[..., Any]:
             "page_size": size, "previous_page_uri": uri(page - 1) if page else None, "start": page * size,
             "uri": uri(page),
         })
+
+    return endpoint
+
+
+def _vonage_records(state: MockState) -> Callable[..., Any]:
+    """GET /v2/reports/records (Vonage Reports API, synchronous): product=SMS, direction=outbound,
+    account_id (the api_key the messages were sent with), date_start/date_end (ISO 8601, at most 24 h),
+    include_message. Only messages past the visibility delay show."""
+    async def endpoint(request: Request) -> Response:
+        if not request.headers.get("authorization", "").startswith("Basic "):
+            return JSONResponse({"type": "about:blank", "title": "Unauthorized"}, status_code=401)
+        query = request.query_params
+        try:
+            start = datetime.fromisoformat(query["date_start"].replace("Z", "+00:00")).timestamp()
+            end = datetime.fromisoformat(query["date_end"].replace("Z", "+00:00")).timestamp()
+            if query["product"] != "SMS" or query["direction"] != "outbound" or not query["account_id"]:
+                raise ValueError("product=SMS, direction=outbound and account_id are required")
+            if end - start > 24 * 3600:
+                raise ValueError("date range longer than 24 hours")
+        except (KeyError, ValueError) as exc:
+            return JSONResponse({"type": "about:blank", "title": "Bad Request", "detail": str(exc)}, status_code=400)
+        state.count("vonage", "lookups")
+        now = state.clock()
+        found = [m for m in state.query("vonage") if m.fields.get("api_key") == query["account_id"]
+                 and start <= m.received_at < end and m.visible_at <= now]
+        with_body = query.get("include_message") == "true"
+        records = [{
+            "account_id": m.fields.get("api_key"), "message_id": m.provider_message_id,
+            "client_ref": m.fields.get("client-ref") or None, "direction": "outbound",
+            "from": m.fields.get("from"), "to": m.to.lstrip("+"), "network": "23410", "status": "delivered",
+            "date_received": datetime.fromtimestamp(m.received_at, UTC).isoformat(timespec="milliseconds"),
+            "currency": "EUR", "total_price": "0.03330000", **({"message_body": m.body} if with_body else {}),
+        } for m in found]
+        return JSONResponse({"request_status": "SUCCESS", "items_count": len(records), "records": records,
+                             "received_at": datetime.fromtimestamp(now, UTC).isoformat(),
+                             "_links": {"self": {"href": str(request.url)}}})
 
     return endpoint
 
@@ -587,6 +625,7 @@ def create_app(state: MockState | None = None) -> Starlette:
               methods=["POST"]),
         Route("/twilio/2010-04-01/Accounts/{account}/Messages.json", _twilio_list(state), methods=["GET"]),
         Route("/vonage/sms/json", _handler("vonage", _vonage, state), methods=["POST"]),
+        Route("/vonage/v2/reports/records", _vonage_records(state), methods=["GET"]),
         Route("/msg91/api/v5/flow/", _handler("msg91", _msg91, state), methods=["POST"]),
         Route("/msg91/api/v5/flow", _handler("msg91", _msg91, state), methods=["POST"]),
         Route("/exotel/v1/Accounts/{account}/Sms/send.json", _handler("exotel", _exotel, state), methods=["POST"]),
