@@ -61,7 +61,8 @@ class Engine:
         self.allow_prune = allow_prune
         self.override_freeze = override_freeze  # apply inside freeze windows too (audited per commit)
         self.router_concurrency = router_concurrency
-        self.linked = LinkedContentFetcher(clock=rt.clock, policy=linked_policy or LinkedUrlPolicy())
+        self.linked = LinkedContentFetcher(clock=rt.clock, policy=linked_policy or LinkedUrlPolicy(),
+                                           settings=lambda: self.state.settings)  # allow-lists of the applied state
         self.state = DesiredState()  # updated in place so HTTP routes always see the current objects
         self._version: int | None = None
         self._applied = AppliedState.empty()

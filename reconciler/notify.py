@@ -30,6 +30,7 @@ import httpx
 from .alerts import Alert, format_alert
 from .clock import Clock, SystemClock
 from .models.common import Secret
+from .outbound import OutboundPolicy, OutboundRefused, pin
 from .runtime import new_worker_id
 from .secrets import REDACTOR, SecretError, redact, resolve_secret
 
@@ -79,6 +80,8 @@ class NotifyConfig:
     github_enabled: bool = False
     webhook_url: str | Secret | None = None
     owner_webhook_url: str | Secret | None = None  # settings.alerts.webhookUrl, else webhook_url
+    # non-public networks the webhooks and the GitHub API base may use (outbound.py)
+    outbound: OutboundPolicy = field(default_factory=OutboundPolicy.from_env)
 
     @classmethod
     def from_settings(cls, settings: Settings | None) -> NotifyConfig:
@@ -93,6 +96,7 @@ class NotifyConfig:
             github_enabled=github is not None,
             webhook_url=notifications.webhookUrl,
             owner_webhook_url=settings.spec.alerts.webhookUrl or notifications.webhookUrl,
+            outbound=OutboundPolicy.from_settings(settings),
         )
 
 
@@ -238,7 +242,7 @@ class Notifier:
     def _github_token(self, config: NotifyConfig) -> str | None:
         if config.github_token is not None:
             try:
-                return resolve_secret(config.github_token, dict(self.environ) if self.environ is not None else None)
+                return resolve_secret(config.github_token, self.environ, use="notification")
             except SecretError as exc:
                 self.logger.error("GitHub token: %s", exc)
                 return None
@@ -249,8 +253,7 @@ class Notifier:
 
     def _resolve(self, value: str | Secret) -> str:
         try:
-            url = value if isinstance(value, str) else resolve_secret(
-                value, dict(self.environ) if self.environ is not None else None)
+            url = value if isinstance(value, str) else resolve_secret(value, self.environ, use="notification")
         except SecretError as exc:
             raise NotifyError(f"webhook URL: {exc}") from None
         REDACTOR.register(url)  # a webhook URL grants posting rights
@@ -272,8 +275,17 @@ class Notifier:
         self._post(url, payload, {"User-Agent": "herald"}, what="webhook")
 
     def _post(self, url: str, body: dict[str, Any], headers: dict[str, str], *, what: str) -> None:
+        """POST to `url` after the outbound policy (normalized, resolved, every address checked, the
+        connection pinned to a checked address). Redirects are not followed."""
         try:
-            response = self.client.post(url, json=body, headers=headers)
+            request = pin(url, self.config().outbound)
+        except OutboundRefused as exc:
+            raise NotifyError(redact(f"{what}: refused: {exc}")) from None
+        if request.url != url and redact(url) != url:
+            REDACTOR.register(request.url)  # a secret webhook URL stays secret with its address in it
+        try:
+            response = self.client.post(request.url, json=body, headers={**headers, **request.headers},
+                                        extensions=request.extensions)
         except httpx.HTTPError as exc:
             raise NotifyError(redact(f"{what}: {type(exc).__name__}: {exc}")) from None
         if response.status_code >= 300:

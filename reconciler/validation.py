@@ -15,6 +15,7 @@ from .diagnostics import Diagnostic, Severity
 from .models import Campaign, Provider
 from .models.campaign import TimezoneSpec
 from .models.provider import GenericHttpSpec, Msg91Spec, TwilioSpec, VonageSpec
+from .references import check_references
 from .render import template_problems
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ PER_USER_MARKERS = ("{{", "{%", "$$To", "$$Body", "$$TemplateVariables", "$$Mess
 
 
 def check_state(state: DesiredState) -> list[Diagnostic]:
-    checks = (_check_groups, _check_campaigns, _check_providers, _check_settings)
+    checks = (_check_groups, _check_campaigns, _check_providers, _check_settings, check_references)
     return [d for check in checks for d in check(state)]
 
 

@@ -72,6 +72,7 @@ spec:
   defaultTimezone: UTC
   safety: {defaultLimit: 1000000}
   catchUp: {policy: latest, maxAge: 6h}
+  outbound: {allowNetworks: ["127.0.0.0/8", "::1/128"]}  # stand-in servers (mock, listeners) on loopback
 """
 
 CAMPAIGN_YAML = """apiVersion: herald/v1

@@ -10,7 +10,7 @@ kind: Provider
 metadata: {name: acme}
 spec:
   type: generic_http
-  url: "http://127.0.0.1:9/send"
+  url: "https://sms.example.com/send"
   auth: {bearer: {secretRef: {env: PLAN_TEST_TOKEN}}}
   body: {to: "$$To", text: "$$Body"}
   rateLimit: {messagesPerSecond: 10}

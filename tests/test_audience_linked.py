@@ -16,9 +16,11 @@ from test_audience_support import make_campaign
 from reconciler.audience import Member
 from reconciler.clock import FakeClock
 from reconciler.linked import LinkedContentFetcher, LinkedUrlPolicy, check_linked_url
+from reconciler.outbound import parse_networks
 from reconciler.render import Rendered, render_message
 
 ADMIN_PORT = 9  # the daemon's (pretend) admin port in these tests
+LOOPBACK = parse_networks(["127.0.0.0/8", "::1/128"])  # the stand-in server listens on loopback: opt in
 
 
 class _Server(ThreadingHTTPServer):
@@ -82,7 +84,8 @@ def server() -> Iterator[_Server]:
 
 @pytest.fixture
 def fetcher(clock: FakeClock) -> Iterator[LinkedContentFetcher]:
-    created = LinkedContentFetcher(clock=clock, policy=LinkedUrlPolicy(admin_ports=frozenset({ADMIN_PORT})),
+    created = LinkedContentFetcher(clock=clock, policy=LinkedUrlPolicy(admin_ports=frozenset({ADMIN_PORT}),
+                                                                       allow_networks=LOOPBACK),
                                    environ={"OFFERS_TOKEN": "s3cret-token"})
     yield created
     created.close()
@@ -196,7 +199,7 @@ def test_admin_endpoints_are_refused_before_any_request(fetcher: LinkedContentFe
 
 def test_allowing_admin_explicitly(server: _Server, clock: FakeClock) -> None:
     port = server.server_address[1]
-    denied = LinkedUrlPolicy(admin_ports=frozenset({port}))
+    denied = LinkedUrlPolicy(admin_ports=frozenset({port}), allow_networks=LOOPBACK)
     allowed = LinkedUrlPolicy(admin_ports=frozenset({port}), allow_admin=True)
     assert check_linked_url(f"http://127.0.0.1:{port}/offer", denied) is not None
     assert check_linked_url(f"http://127.0.0.1:{port}/offer", allowed) is None
@@ -216,7 +219,7 @@ class _fetcher:  # a tiny context manager so the fetcher is always closed
 
 
 POLICY = LinkedUrlPolicy(admin_ports=frozenset({8080}), admin_hosts=frozenset({"herald.internal"}),
-                         resolve_hostnames=False)
+                         resolve_hostnames=False, allow_networks=LOOPBACK)
 
 
 @pytest.mark.parametrize(("url", "refused"), [
@@ -235,7 +238,16 @@ POLICY = LinkedUrlPolicy(admin_ports=frozenset({8080}), admin_hosts=frozenset({"
     ("http://herald.internal:443/x", False),
     ("http://127.0.0.1:5000/admin/campaigns", True),
     ("http://127.0.0.1:5000/metrics", True),
-    ("http://10.0.0.5:8080/v1/events", False),
+    ("http://10.0.0.5:8080/v1/events", True),  # private: not in allow_networks
+    ("http://127.0.0.1:5000/%61dmin/sync", True),
+    ("http://127.0.0.1:5000//admin/sync", True),
+    ("http://127.0.0.1:5000/x/../admin", True),
+    ("http://127.0.0.1:5000/x/%2e%2e/admin", True),
+    ("http://127.0.0.1:5000/%2561dmin", True),
+    ("http://169.254.169.254/latest/meta-data/", True),
+    ("http://[fe80::1]/", True),
+    ("http://[::ffff:169.254.169.254]/", True),
+    ("http://192.168.1.1/", True),
     ("file:///etc/passwd", True),
     ("gopher://127.0.0.1:70/", True),
     ("http://:80/", True),

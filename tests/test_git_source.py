@@ -29,7 +29,7 @@ PROVIDERS = """\
 apiVersion: herald/v1
 kind: Provider
 metadata: {name: mock}
-spec: {type: generic_http, url: "http://127.0.0.1:9/send", body: {to: "$$To", text: "$$Body"}}
+spec: {type: generic_http, url: "https://sms.example.com/send", body: {to: "$$To", text: "$$Body"}}
 ---
 apiVersion: herald/v1
 kind: ProviderGroup

@@ -41,12 +41,14 @@ from reconciler.notify import (
     repository_from_remote,
     truncate,
 )
+from reconciler.outbound import OutboundPolicy, parse_networks
 from reconciler.store import open_state_store
 from reconciler.store.base import StateStore
 
 TOKEN = "ghp_notify-test-token-0123456789"
 HOOK_SECRET = "T000/B000/hook-secret-xyz"
 ENV = {"HERALD_GITHUB_TOKEN": TOKEN, "HOOK_URL_SECRET": ""}
+LOOPBACK = OutboundPolicy(parse_networks(["127.0.0.0/8"]))  # the stand-in servers listen on loopback
 SHA = "a" * 40
 
 
@@ -135,7 +137,7 @@ def store(sqlite_url: str, clock: FakeClock) -> Iterator[StateStore]:
 
 def config_for(url: str, **overrides: Any) -> NotifyConfig:
     values: dict[str, Any] = {"github_enabled": True, "github_repository": "acme/sms", "github_api_base": url,
-                              "webhook_url": f"{url}/hooks/{HOOK_SECRET}"}
+                              "webhook_url": f"{url}/hooks/{HOOK_SECRET}", "outbound": LOOPBACK}
     values.update(overrides)
     return NotifyConfig(**values)
 
@@ -301,7 +303,7 @@ kind: Provider
 metadata: {name: acme}
 spec:
   type: generic_http
-  url: "http://127.0.0.1:9/send"
+  url: "https://sms.example.com/send"
   body: {to: "$$To", text: "$$Body"}
 ---
 apiVersion: herald/v1
@@ -374,7 +376,7 @@ def alert(run: str, kind: str = "safety_block") -> Alert:
 def test_owner_alerts_once_per_campaign_and_run(local: tuple[str, Recorder], store: StateStore,
                                                 clock: FakeClock) -> None:
     url, recorder = local
-    config = NotifyConfig(owner_webhook_url=f"{url}/hooks/owners")
+    config = NotifyConfig(owner_webhook_url=f"{url}/hooks/owners", outbound=LOOPBACK)
     with Notifier(store, config, clock=clock) as n:
         assert all(n.send(alert("7")) for _ in range(4))  # AlertSink protocol, called on every tick
         assert n.notify_owner(alert("8"))
@@ -391,7 +393,7 @@ def test_owner_alert_failure_returns_false_and_is_retried_later(local: tuple[str
                                                                 clock: FakeClock) -> None:
     url, recorder = local
     recorder.fail_next = 1
-    with Notifier(store, NotifyConfig(owner_webhook_url=f"{url}/hooks/owners"), clock=clock) as n:
+    with Notifier(store, NotifyConfig(owner_webhook_url=f"{url}/hooks/owners", outbound=LOOPBACK), clock=clock) as n:
         assert n.notify_owner(alert("9")) is False
         clock.advance(timedelta(minutes=1))
         assert n.notify_owner(alert("9")) is True

@@ -9,19 +9,20 @@ from reconciler.models.common import Secret
 from reconciler.secrets import RedactingFilter, SecretError, redact, resolve_formatted, resolve_secret
 
 
-def test_env_and_file_secrets_resolve_and_are_redacted(tmp_path: Path) -> None:
+def test_env_and_file_secrets_resolve_and_are_redacted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HERALD_SECRETS_DIR", str(tmp_path))
     secret_file = tmp_path / "token"
     secret_file.write_text("file-secret-value\n")
-    from_env = Secret.model_validate({"secretRef": {"env": "HERALD_T"}, "format": "Bearer {value}"})
+    from_env = Secret.model_validate({"secretRef": {"env": "APP_T"}, "format": "Bearer {value}"})
     from_file = Secret.model_validate({"secretRef": {"file": str(secret_file)}})
-    assert resolve_formatted(from_env, {"HERALD_T": "env-secret-value"}) == "Bearer env-secret-value"
+    assert resolve_formatted(from_env, {"APP_T": "env-secret-value"}) == "Bearer env-secret-value"
     assert resolve_secret(from_file) == "file-secret-value"
     assert redact("auth=env-secret-value and file-secret-value") == "auth=*** and ***"
 
 
 def test_missing_secret_names_reference_not_value() -> None:
-    secret = Secret.model_validate({"secretRef": {"env": "HERALD_ABSENT_SECRET"}})
-    with pytest.raises(SecretError, match="env:HERALD_ABSENT_SECRET is not set"):
+    secret = Secret.model_validate({"secretRef": {"env": "APP_ABSENT_SECRET"}})
+    with pytest.raises(SecretError, match="env:APP_ABSENT_SECRET is not set"):
         resolve_secret(secret, {})
 
 

@@ -6,7 +6,7 @@ is LinkedUrlPolicy.for_daemon(--port)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -30,6 +30,7 @@ from daemon_harness import (
 
 from reconciler.demo import DemoWorld
 from reconciler.linked import LinkedContentFetcher, LinkedUrlPolicy
+from reconciler.models import Settings
 from reconciler.store import open_state_store
 
 FIRE = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -80,21 +81,36 @@ def admin() -> Iterator[Listener]:
     listener.close()
 
 
+def opaque(url: str) -> str:
+    """`url` with its host written as a Liquid literal: `herald validate` refuses admin URLs it can see
+    (tests/hostile/urls.yaml), so these tests hide the host to reach the guard at request time."""
+    scheme, _, rest = url.partition("://")
+    end = rest.index("]") + 1 if rest.startswith("[") else len(rest.split(":")[0].split("/")[0])
+    return f"{scheme}://{{{{ '{rest[:end]}' }}}}{rest[end:]}"
+
+
 def linked_campaign(name: str, url: str, *, method: str = "GET", token_header: bool = True) -> str:
-    """A campaign that fetches `url` per user (with the daemon's own admin token, if it can)."""
-    headers = ("\n      headers:\n        Authorization: {secretRef: {env: HERALD_ADMIN_TOKEN}, format: \"Bearer {value}\"}"
+    """A campaign that fetches `url` per user (with a secret copied from the daemon's admin token)."""
+    headers = ("\n      headers:\n        Authorization: {secretRef: {env: PROBE_TOKEN}, format: \"Bearer {value}\"}"
                if token_header else "")
     text = campaign_yaml(name, FIRE, everyone=True)
     return text.replace(
         "  message: {body: \"Hi {{ user.first_name }}, your code is {{ user.id }}\"}",
         "  message:\n    body: \"Code {{ linked.probe.code | default: 'none' }}\"\n    linkedContent:\n"
-        f"    - name: probe\n      url: \"{url}\"\n      method: {method}\n      timeoutSeconds: 2\n      onError: skip_user"
+        f"    - name: probe\n      url: \"{opaque(url)}\"\n      method: {method}\n      timeoutSeconds: 2\n      onError: skip_user"
         + headers)
 
 
+SETTINGS = SETTINGS_YAML + "  secrets: {allow: [PROBE_TOKEN]}\n"  # HERALD_ADMIN_TOKEN cannot be listed
+
+
 def world_files(campaigns: dict[str, str]) -> dict[str, str]:
-    return {"providers/providers.yaml": providers_yaml(), "campaigns/settings.yaml": SETTINGS_YAML,
+    return {"providers/providers.yaml": providers_yaml(), "campaigns/settings.yaml": SETTINGS,
             **{f"campaigns/{name}.yaml": text for name, text in campaigns.items()}}
+
+
+def settings_of(world: DemoWorld) -> Callable[[], Settings]:
+    return lambda: world.engine.state.settings
 
 
 def skip_reasons(world: DemoWorld, campaign: str) -> set[str]:
@@ -116,12 +132,13 @@ def attack_urls(port: int) -> dict[str, str]:
 
 def test_linked_content_cannot_reach_the_daemons_admin_endpoints(tmp_path: Path, admin: Listener,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HERALD_ADMIN_TOKEN", "the-daemons-own-admin-token")
+    monkeypatch.setenv("PROBE_TOKEN", "the-daemons-own-admin-token")  # as if the token were copied there
     urls = attack_urls(admin.port)
     campaigns = {f"via-{kind.replace('_', '-')}": linked_campaign(f"via-{kind.replace('_', '-')}", url)
                  for kind, url in urls.items()}
     with engine_world(tmp_path, world_files(campaigns), population=USERS) as world:
-        world.engine.linked = LinkedContentFetcher(clock=world.clock, policy=LinkedUrlPolicy.for_daemon(admin.port))
+        world.engine.linked = LinkedContentFetcher(clock=world.clock, settings=settings_of(world),
+                                                   policy=LinkedUrlPolicy.for_daemon(admin.port))
         world.step()
         world.advance_to(FIRE.replace(minute=5))
         for name in campaigns:
@@ -139,7 +156,7 @@ def test_redirects_to_the_admin_port_are_not_followed(tmp_path: Path, admin: Lis
     try:
         campaigns = {"bounce": linked_campaign("bounce", f"http://127.0.0.1:{bouncer.port}/offers", token_header=False)}
         with engine_world(tmp_path, world_files(campaigns), population=USERS) as world:
-            world.engine.linked = LinkedContentFetcher(clock=world.clock,
+            world.engine.linked = LinkedContentFetcher(clock=world.clock, settings=settings_of(world),
                                                        policy=LinkedUrlPolicy.for_daemon(admin.port))
             world.step()
             world.advance_to(FIRE.replace(minute=5))
@@ -154,7 +171,7 @@ def test_an_explicit_allowance_lets_linked_content_reach_the_admin_port(tmp_path
                                             token_header=False)}
     with engine_world(tmp_path, world_files(campaigns), population=USERS) as world:
         policy = LinkedUrlPolicy.for_daemon(admin.port, allow_admin=True)
-        world.engine.linked = LinkedContentFetcher(clock=world.clock, policy=policy)
+        world.engine.linked = LinkedContentFetcher(clock=world.clock, settings=settings_of(world), policy=policy)
         world.step()
         world.advance_to(FIRE.replace(minute=5))
         assert skip_reasons(world, "allowed") == {"sent"}

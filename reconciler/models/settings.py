@@ -58,6 +58,22 @@ class PruneGuard(StrictModel):
     maxShare: float = Field(default=0.5, gt=0, le=1, description="Largest share of active campaigns one commit may remove or pause.")
 
 
+class SecretSettings(StrictModel):
+    """Which secrets headers may carry (linked content, generic HTTP providers)."""
+
+    allow: list[Annotated[str, Field(min_length=1, max_length=512)]] = Field(
+        default_factory=list, max_length=1000,
+        description="Environment variable names (or secret file paths) headers may use; never HERALD_*.")
+
+
+class OutboundSettings(StrictModel):
+    """Where outbound requests (linked content, generic HTTP, webhooks) may go besides public addresses."""
+
+    allowNetworks: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=1000,
+        description="CIDRs of non-public networks to allow, e.g. 127.0.0.0/8 for a local mock.")
+
+
 class SettingsSpec(StrictModel):
     defaultTimezone: str = "UTC"
     frequencyCap: GlobalFrequencyCap | None = None
@@ -69,6 +85,8 @@ class SettingsSpec(StrictModel):
     validity: Duration | None = None
     freezeWindows: list[FreezeWindow] = Field(default_factory=list)
     pruneGuard: PruneGuard = Field(default_factory=PruneGuard)
+    secrets: SecretSettings = Field(default_factory=SecretSettings)
+    outbound: OutboundSettings = Field(default_factory=OutboundSettings)
 
 
 class Settings(DocumentBase):
