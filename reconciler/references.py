@@ -26,6 +26,7 @@ from .models import Campaign, Provider, Settings
 from .models.common import Secret
 from .models.provider import GenericHttpSpec
 from .outbound import (
+    Network,
     OutboundPolicy,
     OutboundRefused,
     literal_address,
@@ -105,16 +106,24 @@ def check_references(state: DesiredState) -> Iterator[Diagnostic]:
     settings = state.settings
     allow = settings.spec.secrets.allow
     directory = secrets_dir()
-    try:
-        policy = OutboundPolicy.from_settings(settings)
-    except ValueError:
-        policy = OutboundPolicy.from_env()  # the bad entry is reported by _check_settings_lists
+    policy = OutboundPolicy(OutboundPolicy.from_env().allow_networks + _valid_networks(settings))
     for doc in state.documents:
         yield from _check_secrets(doc, allow, directory)
         yield from _check_urls(doc, policy)
     settings_doc = state.find("Settings", settings.metadata.name)
     if settings_doc is not None:
         yield from _check_settings_lists(settings_doc, settings)
+
+
+def _valid_networks(settings: Settings) -> tuple[Network, ...]:
+    """The allowNetworks entries that parse (the others are reported by _check_settings_lists)."""
+    networks: list[Network] = []
+    for entry in settings.spec.outbound.allowNetworks:
+        try:
+            networks.extend(parse_networks([entry]))
+        except ValueError:
+            continue
+    return tuple(networks)
 
 
 def _diag(doc: LoadedDocument, loc: Sequence[str | int], message: str) -> Diagnostic:
@@ -128,7 +137,7 @@ def _check_secrets(doc: LoadedDocument, allow: Sequence[str], directory: Any) ->
             yield _diag(doc, path, "a header is a string or {secretRef: {env: NAME}} / {secretRef: {file: PATH}}")
             continue
         ref = secret.secretRef
-        problem = reference_problem(ref, use, allow) or (file_problem(ref.file, directory) if ref.file else None)
+        problem = (file_problem(ref.file, directory) if ref.file else None) or reference_problem(ref, use, allow)
         if problem:
             yield _diag(doc, (*path, "secretRef"), problem)
 
@@ -169,9 +178,7 @@ def _check_urls(doc: LoadedDocument, policy: OutboundPolicy) -> Iterator[Diagnos
             continue  # the host is templated: checked at request time
         if isinstance(doc.model, Provider) and static == url and "://" not in url:
             continue  # reported by the generic-HTTP check (url must start with http(s)://)
-        refusal = static_refusal(static, policy)
-        if refusal is None and linked:
-            refusal = _admin_path_refusal(static)
+        refusal = (_admin_path_refusal(static) if linked else None) or static_refusal(static, policy)
         if refusal:
             yield _diag(doc, path, f"outbound URL refused: {refusal}")
 
