@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .diagnostics import render_diagnostics
+
+if TYPE_CHECKING:
+    from .loading import DesiredState
 
 DEFAULT_PATHS = ("providers", "campaigns")
 
@@ -52,7 +56,18 @@ def validate(paths: tuple[str, ...], fmt: str, strict: bool) -> None:
         warnings = len(result.diagnostics) - errors
         status = "invalid" if failed else "valid"
         click.echo(f"{status}: {summary}; {errors} errors, {warnings} warnings", err=bool(failed))
+        _echo_secrets(state)
     sys.exit(1 if failed else 0)
+
+
+def _echo_secrets(state: DesiredState) -> None:
+    """One line per campaign naming the secrets it uses (references only, never values)."""
+    from .references import campaign_secrets
+
+    for name, campaign in sorted(state.campaigns.items()):
+        names = campaign_secrets(campaign, state)
+        if names:
+            click.echo(f"secrets used by campaign {name}: {', '.join(names)}")
 
 
 @main.command()

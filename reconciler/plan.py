@@ -106,6 +106,7 @@ class Impact:
     routes: tuple[CountryRoute, ...] = ()
     cost: CostEstimate | None = None
     sample_source: str | None = None  # where preview users came from
+    secrets: tuple[str, ...] = ()  # names (env:X, file:y) of every secret sending the campaign uses
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -123,6 +124,7 @@ class Impact:
             "routes": [r.to_dict() for r in self.routes],
             "cost": self.cost.to_dict() if self.cost else None,
             "sample_source": self.sample_source,
+            "secrets": list(self.secrets),
         }
 
     @classmethod
@@ -141,6 +143,7 @@ class Impact:
             routes=tuple(CountryRoute.from_dict(r) for r in data.get("routes", [])),
             cost=CostEstimate.from_dict(data["cost"]) if data.get("cost") else None,
             sample_source=data.get("sample_source"),
+            secrets=tuple(data.get("secrets", [])),
         )
 
 
@@ -546,9 +549,11 @@ def campaign_impact(campaign: Campaign, state: DesiredState, *, now: datetime, c
             estimated = reach(campaign, state)
         except Exception as exc:  # an audience store problem must not break a plan
             notes.append(f"reach not estimated: {redact(str(exc))[:120]}")
+    from .references import campaign_secrets
+
     return Impact(provider_group=group, provider_group_is_default=is_default, next_runs=runs,
                   trigger=describe_trigger(campaign), message=message_impact(spec.message.body),
-                  estimated_reach=estimated, notes=tuple(notes))
+                  estimated_reach=estimated, notes=tuple(notes), secrets=tuple(campaign_secrets(campaign, state)))
 
 
 def next_runs(campaign: Campaign, state: DesiredState, *, now: datetime, created_at: datetime,
@@ -700,6 +705,8 @@ def impact_lines(impact: Impact) -> list[str]:
         lines.append("next runs: " + ", ".join(_when(t) for t in impact.next_runs))
     if impact.estimated_reach is not None:
         lines.append(f"estimated reach: {impact.estimated_reach:,} users")
+    if impact.secrets:
+        lines.append("secrets used: " + ", ".join(impact.secrets))
     lines.extend(impact.notes)
     return lines
 
