@@ -16,6 +16,7 @@ import pytest
 from reconciler import runs as runs_module
 from reconciler.demo import DemoWorld, demo_world
 from reconciler.health import STUCK_AFTER, health_report
+from reconciler.report import build_report, report_table
 from reconciler.runs import MAX_RUN_ATTEMPTS
 from reconciler.store.base import AuditQuery
 
@@ -28,6 +29,7 @@ metadata: {name: global}
 spec:
   defaultTimezone: UTC
   catchUp: {policy: latest, maxAge: 6h}
+  secrets: {allow: [ACME_API_KEY, DLT_GATEWAY_TOKEN]}  # the example providers' header secrets
 """
 
 
@@ -99,6 +101,10 @@ def test_a_failing_run_fails_alone_and_the_healthy_one_is_delivered_on_time(
     assert entry.details["attempts"] == MAX_RUN_ATTEMPTS and entry.commit_sha == store.applied_state().commit_sha
     assert "run_failed" in caplog.text and "poisoned-owner@example.com" in caplog.text
     assert b'herald_runs_total{outcome="failed"} 1.0' in world.engine.rt.metrics.render()
+
+    table = report_table(build_report(store, world.engine.rt.audience, world.engine.state, campaign="poisoned",
+                                      now=world.clock.now()))
+    assert f"run {failed.id} failed" in table and f"failed: {failed.reason}" in table
 
     report = health_report(world.engine.rt, None)
     assert report["status"] == "degraded"
