@@ -48,6 +48,7 @@ EARLY_RECORD_SECONDS = 0.05
 # Sending stops (unsent rows are released for a retry) before the claim's lease ends, so no request of
 # this worker is still running when another worker may claim the same rows: that would be a double send.
 SEND_SHARE_OF_LEASE = 0.8
+LOOKUP_SHARE = 0.5  # of the send time left: in-doubt lookups first, resends and fresh sends after
 
 
 def message_cost(provider: Provider | None, phone: str, segments: int) -> float | None:
@@ -142,20 +143,20 @@ class DeliveryWorker:
                                     template_variables=r.template_variables,
                                     metadata={"campaign": name, "run": str(row.run_id or "")})
                     for row, r in ready]
-        plans = await self._settle_doubts(campaign, ready, messages, outcome)
+        plans = await self._settle_doubts(campaign, ready, messages, outcome, deadline)
         await asyncio.gather(*(self._send(campaign, [ready[i] for i in picked], [messages[i] for i in picked],
                                           outcome, deadline, exclude=exclude, prefer=prefer)
                                for (exclude, prefer), picked in plans.items()))
 
     async def _settle_doubts(self, campaign: Campaign, ready: list[tuple[OutboxRow, Rendered]],
-                             messages: list[OutboundMessage], outcome: BatchOutcome,
+                             messages: list[OutboundMessage], outcome: BatchOutcome, deadline: float | None = None,
                              ) -> dict[tuple[tuple[str, ...], str | None], list[int]]:
         """Settle the batch's in-doubt rows (doubt.settle) and plan the sends: indices into `ready` per
         (excluded providers, preferred provider). Fresh rows go out as usual; found, waiting and skipped
         in-doubt rows are written here and not sent."""
         now = self.rt.clock.now()
         plans: dict[tuple[tuple[str, ...], str | None], list[int]] = defaultdict(list)
-        verdicts = await asyncio.gather(*(self._verdict(campaign, row, message, now)
+        verdicts = await asyncio.gather(*(self._verdict(campaign, row, message, now, deadline)
                                           for (row, _), message in zip(ready, messages, strict=True)))
         found: list[SendResult] = []
         waiting: dict[int, str] = {}
@@ -184,8 +185,10 @@ class DeliveryWorker:
         return plans
 
     async def _verdict(self, campaign: Campaign, row: OutboxRow, message: OutboundMessage,
-                       now: datetime) -> doubt.Verdict | None:
-        """None for a fresh row; else what to do with this in-doubt one now."""
+                       now: datetime, deadline: float | None = None) -> doubt.Verdict | None:
+        """None for a fresh row; else what to do with this in-doubt one now. Lookups get at most half
+        of the claim's remaining send time (the rest is for resends); a lookup cut short is asked
+        again on a later claim (`wait`), never taken as "not found"."""
         if row.doubt is None and not row.abandoned_claim:
             return None
         try:
@@ -195,7 +198,14 @@ class DeliveryWorker:
         open_doubt = doubt.doubt_of(row, group, now)
         if open_doubt is None:
             return None
-        return await doubt.settle(self.router, group, message, open_doubt, now, row.claim_count)
+        budget = None if deadline is None else (deadline - asyncio.get_running_loop().time()) * LOOKUP_SHARE
+        if budget is not None and budget <= 0:
+            return doubt.Verdict("wait", open_doubt, retry_at=now + DEFER_DELAY, reason="no time left to look up")
+        try:
+            return await asyncio.wait_for(
+                doubt.settle(self.router, group, message, open_doubt, now, row.claim_count), budget)
+        except TimeoutError:
+            return doubt.Verdict("wait", open_doubt, retry_at=now + DEFER_DELAY, reason="lookup took too long")
 
     def _write_settled(self, found: list[SendResult], waiting: dict[int, str], wait_until: dict[int, datetime],
                        skipped: list[tuple[OutboxRow, str, str]]) -> None:

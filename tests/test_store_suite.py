@@ -548,3 +548,34 @@ def test_unreachable_postgres_is_a_clear_error_without_the_password() -> None:
     assert "hunter2-secret" not in str(info.value)
     with pytest.raises(StoreError, match="unsupported state store URL"):
         open_state_store("mysql://localhost/herald")
+
+
+def test_in_doubt_rows_abandoned_claims_and_their_settlement(store: StateStore, clock: FakeClock) -> None:
+    """release_in_doubt keeps the doubt with the row and lets it be claimed again at retry_at; a claim
+    that ended without release or record shows as `abandoned_claim` on the next claim (once); how each
+    doubt was settled is recorded and counted."""
+    enqueue_users(store, clock, "c", 3)
+    first, second, third = store.claim("w", 3, clock.now(), LEASE)
+    assert not first.abandoned_claim and first.doubt is None
+    doubt = '{"providers": ["tw"], "since": "2026-01-01T00:00:00+00:00", "until": "2026-01-01T00:00:01+00:00", "reason": "read timeout"}'
+    assert store.release_in_doubt("other", {first.id: doubt}, retry_at=clock.now()) == 0
+    assert store.release_in_doubt("w", {first.id: doubt}, retry_at=clock.now() + LEASE * 2) == 1
+    assert store.release("w", [second.id]) == 1
+    assert store.in_doubt_counts(campaign="c") == {"unsettled": 1}
+    # `third` is abandoned (its worker died): after the lease it comes back with `second`, flagged.
+    clock.advance(LEASE)
+    again_second, again_third = store.claim("w2", 10, clock.now(), LEASE)
+    assert (again_second.id, again_third.id) == (second.id, third.id)
+    assert not again_second.abandoned_claim and again_third.abandoned_claim
+    assert store.skip_in_doubt("w2", [third.id], "in_doubt: may have been sent by vn", doubt=doubt) == 1
+    assert store.complete("w2", [SendResult(second.id, "sent", "tw", "SM2")]) == [second.id]
+    clock.advance(LEASE)
+    [looked_up] = store.claim("w3", 10, clock.now(), LEASE)
+    assert looked_up.id == first.id and looked_up.doubt == doubt and not looked_up.abandoned_claim
+    assert (looked_up.last_error or "").startswith("in doubt: read timeout")
+    assert store.complete("w3", [SendResult(first.id, "sent", "tw", "SM1", doubt_settled="found")]) == [first.id]
+    assert store.in_doubt_counts(campaign="c") == {"found": 1, "skipped": 1}
+    assert store.in_doubt_counts(campaign="other") == {}
+    [skipped] = store.get_outbox([third.id])
+    assert (skipped.status, skipped.doubt_settled) == ("skipped", "skipped")
+    assert skipped.skip_reason == "in_doubt: may have been sent by vn"

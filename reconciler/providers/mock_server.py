@@ -132,6 +132,7 @@ class MockState:
     def reset(self) -> None:
         with self.lock:
             self.messages: list[Received] = []
+            self.by_to: dict[str, list[Received]] = {}  # lookups filter by recipient: no scan of every message
             self.answers: dict[tuple[str, str], Answer] = {}
             self.faults: dict[str, Fault] = {}
             self.counters: dict[str, Counter[str]] = {}
@@ -165,17 +166,17 @@ class MockState:
             message.received_at, message.visible_at = now, now + self.visibility_delay
         with self.lock:
             self.messages.extend(received)
+            for message in received:
+                self.by_to.setdefault(message.to, []).append(message)
             if key is not None and self.dedupe:
                 self.answers[(scope or provider, key)] = answer
             self.counters.setdefault(provider, Counter())["messages"] += len(received)
 
     def query(self, provider: str | None = None, to: str | None = None) -> list[Received]:
         with self.lock:
-            found = list(self.messages)
+            found = list(self.by_to.get(to, ())) if to else list(self.messages)
         if provider:
             found = [m for m in found if provider in (m.provider, m.type)]
-        if to:
-            found = [m for m in found if m.to == to]
         return found
 
     def stats(self) -> dict[str, Any]:
@@ -273,8 +274,8 @@ def _twilio_list(state: MockState) -> Callable[..., Any]:
         account, query = request.path_params["account"], request.query_params
         state.count("twilio", "lookups")
         now = state.clock()
-        found = [m for m in state.query("twilio") if m.account == account and m.visible_at <= now
-                 and query.get("To", m.to) == m.to and query.get("From", m.fields.get("From")) == m.fields.get("From")]
+        found = [m for m in state.query("twilio", query.get("To")) if m.account == account and m.visible_at <= now
+                 and query.get("From", m.fields.get("From")) == m.fields.get("From")]
         for name, op in TWILIO_DATE_FILTERS.items():
             if name in query:  # date_sent is null until sent: an unsent message never matches
                 found = [m for m in found if _date_matches(m, now, query[name], op)]
