@@ -125,6 +125,7 @@ kind: Settings
 metadata: {name: global}
 spec:
   safety: {defaultLimit: 5}
+  secrets: {allow: [ACME_API_KEY, DLT_GATEWAY_TOKEN]}  # the example providers' header secrets
 ---
 apiVersion: herald/v1
 kind: Segment

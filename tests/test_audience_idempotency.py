@@ -40,6 +40,7 @@ kind: Settings
 metadata: {name: global}
 spec:
   defaultTimezone: UTC
+  secrets: {allow: [ACME_API_KEY, DLT_GATEWAY_TOKEN]}  # the example providers' header secrets
 """
 WELCOME = """apiVersion: herald/v1
 kind: Campaign

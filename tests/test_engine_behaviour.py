@@ -25,6 +25,7 @@ spec:
   defaultTimezone: UTC
   frequencyCap: {perDay: 1}
   catchUp: {policy: latest, maxAge: 6h}
+  secrets: {allow: [ACME_API_KEY, DLT_GATEWAY_TOKEN]}  # the example providers' header secrets
 """
 
 
