@@ -254,9 +254,10 @@ def reconcile(store: StateStore, snapshot: CommitSnapshot, *, clock: Clock, acto
         return ApplyResult(applied=False, version=current.version, commit_sha=current.commit_sha)
     loaded = snapshot.load()
     if not loaded.ok:
-        errors = [str(d) for d in loaded.errors]
-        _refuse(store, InvalidDesiredState(f"commit {snapshot.sha[:10]} has {len(errors)} validation error(s)",
-                                           {"errors": errors[:20]}),
+        errors = [d.format() for d in loaded.errors]
+        first = errors[0][:300] if errors else ""
+        _refuse(store, InvalidDesiredState(f"commit {snapshot.sha[:10]} has {len(errors)} validation error(s),"
+                                           f" first: {first}", {"errors": errors[:20]}),
                 clock=clock, actor=actor, commit_sha=snapshot.sha)
     for attempt in range(RECONCILE_ATTEMPTS):
         plan = compute_plan(loaded.state, current, commit=snapshot.info, source=source, clock=clock, reach=reach)
