@@ -3,7 +3,11 @@ an inaction timer (added_to_cart with no purchase within 5 minutes).
 
 Every live message has an idempotency key derived from the campaign, the user and the event (or
 the timer), so an event delivered twice, or a timer fired twice after a crash, enqueues one row.
-A live campaign with a subset limit sends to the first N qualifying users, then it ends.
+A live campaign with a subset limit sends to the first N qualifying users, then it ends: completion is
+recorded when the N-th message is queued, keyed by (campaign, creation, limit) so that a raised limit or
+a re-created campaign starts again (docs/scheduler.md, issue 14). Refusals (daily_limit,
+campaign_completed, an unusable or past eventDate) are recorded as skipped outbox rows, audited and
+counted in herald_skips_total{reason}.
 
 Each (event, campaign) pair is handled on its own: one that fails (an unusable value, a template or
 store error) is logged, counted in herald_live_event_failures_total{unit="event"} and audited as
@@ -23,28 +27,30 @@ from datetime import datetime
 from typing import Any
 
 from . import audit
-from .audience.reach import live_allowance, user_in_audience
+from .audience.reach import LiveAllowance, live_allowance, user_in_audience
 from .audience.records import EventRecord, Member
 from .loading import DesiredState
 from .models import Campaign
 from .render import event_context
-from .runs import plan_outbox_items
+from .runs import member_context, plan_outbox_items
 from .runtime import Runtime
 from .scheduling import (
     CancelTimers,
     ScheduleAt,
     SendNow,
+    Skip,
     StartTimer,
     ZoneSlot,
     in_campaign_window,
     timer_should_fire,
     trigger_for_event,
 )
+from .scheduling.limits import limit_day
 from .secrets import redact
-from .store.base import Timer, idempotency_key
+from .store.base import AppliedObject, OutboxItem, StateStore, Timer, idempotency_key
 
 LOG = logging.getLogger("herald.live")
-COMPLETED_KEY = "live:completed:{}"
+COMPLETED_KEY = "live:completed:{}:{}:{}"  # campaign, creation (epoch µs), subset limit
 LIVE_EVENT_FAILED = "live_event_failed"  # audit action: one event could not be handled for one campaign
 LIVE_TIMER_FAILED = "live_timer_failed"  # audit action: a timer failed MAX_TIMER_TRIES times and was dropped
 MAX_TIMER_TRIES = 5
@@ -128,13 +134,26 @@ def _handle_one(rt: Runtime, state: DesiredState, campaign: Campaign, event: Eve
         context = {"event": event_context(event), "started_at": action.started_at.isoformat()}
         rt.store.add_timer(campaign.name, event.user_id, action.fire_at, action.key, context)
         return "timer_started"
-    if isinstance(action, SendNow | ScheduleAt):
+    if isinstance(action, SendNow | ScheduleAt | Skip):
         if member is None or not member.reachable:
             return "unreachable"
+        key = idempotency_key("live", campaign.name, event.user_id, eid)
+        if isinstance(action, Skip):
+            if not user_in_audience(rt.audience, campaign, state, member.user_id, now):
+                return "not_in_audience"
+            return refuse(rt, state, campaign, member, key=key, event=event_context(event),
+                          reason=skip_reason(action))
         send_at = action.at if isinstance(action, SendNow) else action.send_at
-        return enqueue_live(rt, state, campaign, member, send_at=send_at, event=event_context(event),
-                            key=idempotency_key("live", campaign.name, event.user_id, eid))
+        return enqueue_live(rt, state, campaign, member, send_at=send_at, event=event_context(event), key=key)
     return action.kind
+
+
+def skip_reason(action: Skip) -> str:
+    """`reason: detail` for an eventDate the trigger could not use (the label before the colon is counted)."""
+    text = action.reason
+    label = ("event_date_past" if "in the past" in text else
+             "event_date_outside_window" if "start/end" in text else "event_date_invalid")
+    return f"{label}: {text}"
 
 
 def _cancel(rt: Runtime, action: CancelTimers) -> None:
@@ -145,44 +164,97 @@ def _cancel(rt: Runtime, action: CancelTimers) -> None:
 
 def enqueue_live(rt: Runtime, state: DesiredState, campaign: Campaign, member: Member, *, send_at: datetime,
                  event: dict[str, Any] | None, key: str) -> str:
-    """Enqueue one live message after the audience, live limits, DND and caps checks."""
+    """Enqueue one live message after the audience, live limits, DND and caps checks.
+
+    The daily limit counts the trigger's local day (now, in the campaign zone; the user's in user mode);
+    the subset counts this incarnation's messages (queued since the applied object's creation). A refusal
+    is recorded (`refuse`); the N-th message queued records completion at once."""
     now = rt.clock.now()
-    if rt.store.kv_get(COMPLETED_KEY.format(campaign.name)):
-        return "campaign_completed"
+    applied = rt.store.get_object("Campaign", campaign.name)
+    if applied is None:
+        return "campaign_inactive"
+    if completed_at(rt.store, campaign, applied) is not None:
+        return refuse(rt, state, campaign, member, key=key, event=event, reason="campaign_completed")
     if not user_in_audience(rt.audience, campaign, state, member.user_id, now):
         return "not_in_audience"
-    day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    allowance = live_allowance(campaign,
-                               already_sent_today=rt.store.campaign_sent_count(campaign.name, since=day_start),
-                               sent_total=rt.store.campaign_sent_count(campaign.name))
+    day = limit_day(campaign, state.settings, member.timezone, now)
+    allowance = _allowance(rt.store, campaign, applied, day)
     if allowance.complete:
-        _complete(rt, campaign)
-        return "campaign_completed"
+        _complete(rt, campaign, applied)
+        return refuse(rt, state, campaign, member, key=key, event=event, reason="campaign_completed")
     if allowance.remaining is not None and allowance.remaining <= 0:
-        return "daily_limit"
+        return refuse(rt, state, campaign, member, key=key, event=event,
+                      reason=f"daily_limit: {campaign.spec.audience.dailyLimit} for {day}")
     slots = {member.timezone: ZoneSlot(member.timezone, send_at, send_at, "scheduled")}
-    applied = rt.store.get_object("Campaign", campaign.name)
     items = plan_outbox_items(rt, state, campaign, [member], slots, key=lambda _m: key, run=None, now=now,
-                              event=event, spec_hash=applied.spec_hash if applied else None)
+                              event=event, spec_hash=applied.spec_hash, counts_at=now)
     new = rt.store.enqueue(items)
     if not new:
         return "duplicate"  # this event (a client's retry, a redelivery) was handled before
     if items[0].status == "skipped":
         return f"skipped:{items[0].skip_reason}"
+    if _allowance(rt.store, campaign, applied, day).complete:
+        _complete(rt, campaign, applied)  # the N-th message is queued: the campaign ends now
     return "enqueued"
 
 
-def _complete(rt: Runtime, campaign: Campaign) -> None:
-    key = COMPLETED_KEY.format(campaign.name)
-    if rt.store.kv_get(key):
+def _allowance(store: StateStore, campaign: Campaign, applied: AppliedObject, day: str) -> LiveAllowance:
+    """Subset and dailyLimit budget: `day`'s messages, and this incarnation's (since its creation)."""
+    audience = campaign.spec.audience
+    today = store.campaign_sent_count(campaign.name, day=day) if audience.dailyLimit is not None else 0
+    total = (store.campaign_sent_count(campaign.name, created_since=applied.created_at)
+             if audience.subset is not None else 0)
+    return live_allowance(campaign, already_sent_today=today, sent_total=total)
+
+
+def refuse(rt: Runtime, state: DesiredState, campaign: Campaign, member: Member, *, key: str,
+           event: dict[str, Any] | None, reason: str) -> str:
+    """Record a live refusal: a skipped outbox row with the message's own key (a redelivered event is
+    recorded once), an audit `skip` entry and herald_skips_total{reason}. Returns the reason's label."""
+    now = rt.clock.now()
+    label = reason.split(":")[0]
+    applied = rt.store.get_object("Campaign", campaign.name)
+    item = OutboxItem(idempotency_key=key, campaign=campaign.name, user_id=member.user_id, phone=member.phone,
+                      not_before=now, context=member_context(member, event),
+                      spec_hash=applied.spec_hash if applied else None, status="skipped", skip_reason=reason,
+                      limit_day=limit_day(campaign, state.settings, member.timezone, now))
+    if not rt.store.enqueue([item]):
+        return "duplicate"
+    rt.metrics.skips.labels(reason=label).inc()
+    rt.store.append_audit([audit.audit_record(
+        audit.SKIP, at=now, actor=rt.actor, kind="Campaign", name=campaign.name,
+        commit_sha=applied.commit_sha if applied else None,
+        details={"messages": 1, "reason": reason, "users": [member.user_id], "live": True})])
+    return label
+
+
+def completion_key(campaign: Campaign, applied: AppliedObject) -> str | None:
+    """Where completion of this incarnation and limit is recorded; None without a subset limit."""
+    subset = campaign.spec.audience.subset
+    if campaign.spec.type != "live" or subset is None:
+        return None
+    created = int(applied.created_at.timestamp() * 1_000_000)
+    return COMPLETED_KEY.format(campaign.name, created, subset.limit)
+
+
+def completed_at(store: StateStore, campaign: Campaign, applied: AppliedObject) -> str | None:
+    """When this live campaign (this creation, this limit) reached its first-N limit; None if it has not."""
+    key = completion_key(campaign, applied)
+    value = store.kv_get(key) if key else None
+    return str(value) if value else None
+
+
+def _complete(rt: Runtime, campaign: Campaign, applied: AppliedObject) -> None:
+    key = completion_key(campaign, applied)
+    if key is None or rt.store.kv_get(key):
         return
     rt.store.kv_set(key, rt.clock.now().isoformat())
-    obj = rt.store.get_object("Campaign", campaign.name)
+    subset = campaign.spec.audience.subset
     rt.store.append_audit([audit.audit_record(
         "campaign_completed", at=rt.clock.now(), actor=rt.actor, kind="Campaign", name=campaign.name,
-        commit_sha=obj.commit_sha if obj else None,
-        details={"reason": "subset limit reached", "limit": campaign.spec.audience.subset.limit
-                 if campaign.spec.audience.subset else None})])
+        commit_sha=applied.commit_sha,
+        details={"reason": "subset limit reached", "limit": subset.limit if subset else None,
+                 "created_at": applied.created_at.isoformat()})])
 
 
 def fire_due_timers(rt: Runtime, state: DesiredState, limit: int = 500) -> Counter[str]:

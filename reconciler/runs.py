@@ -13,7 +13,7 @@ import random
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from . import audit
@@ -36,6 +36,7 @@ from .scheduling import (
     plan_catch_up,
     recipient_zone,
 )
+from .scheduling.limits import limit_day, run_limit_day
 from .scheduling.recurrence import Run as ScheduledRun
 from .scheduling.recurrence import scheduled_runs
 from .secrets import redact
@@ -192,9 +193,8 @@ def materialize_run(rt: Runtime, state: DesiredState, applied: AppliedState, run
         rt.store.update_run(run.id, status="cancelled", reason=reason, worker_id=rt.worker_id)
         return MaterializeResult(run.id, "cancelled", reason=reason)
     now = rt.clock.now()
-    day_start = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     selection = select_audience(rt.audience, campaign, state, now, seed=run.seed,
-                                already_sent_today=rt.store.campaign_sent_count(campaign.name, since=day_start))
+                                already_sent_today=_sent_on_run_day(rt, state, campaign, sched))
     details = {"run_id": run.id, "scheduled_for": run.scheduled_for.isoformat(), **selection.to_dict()}
     if selection.blocked:
         return _block(rt, run, campaign, selection.safety.reason, details, selection)
@@ -208,6 +208,14 @@ def materialize_run(rt: Runtime, state: DesiredState, applied: AppliedState, run
         details={**details, "enqueued": enqueued, "skipped": skipped})])
     rt.metrics.runs.labels(outcome="started").inc()
     return MaterializeResult(run.id, "sending", selection.target, enqueued, skipped)
+
+
+def _sent_on_run_day(rt: Runtime, state: DesiredState, campaign: Campaign, sched: ScheduledRun) -> int:
+    """Messages already queued or sent for the run's day (campaign zone's day of the run, or its wall date
+    in user mode): what dailyLimit has left. Zero without a dailyLimit (no query)."""
+    if campaign.spec.audience.dailyLimit is None:
+        return 0
+    return rt.store.campaign_sent_count(campaign.name, day=run_limit_day(campaign, state.settings, sched))
 
 
 def _block(rt: Runtime, run: Run, campaign: Campaign, reason: str, details: dict[str, Any],
@@ -246,10 +254,13 @@ def _enqueue_members(rt: Runtime, state: DesiredState, campaign: Campaign, run: 
 
 def plan_outbox_items(rt: Runtime, state: DesiredState, campaign: Campaign, members: Sequence[Member],
                       slots: dict[str | None, ZoneSlot], *, key: Any, run: Run | None, now: datetime,
-                      event: dict[str, Any] | None = None, spec_hash: str | None = None) -> list[OutboxItem]:
+                      event: dict[str, Any] | None = None, spec_hash: str | None = None,
+                      counts_at: datetime | None = None) -> list[OutboxItem]:
     """One outbox item per member: pending with its send time, or skipped with the reason.
 
     The spec hash names the campaign version to render (the run's, or the applied one for live messages).
+    Each item's `limit_day` is the local day of `counts_at` (a live trigger's moment) when given, else of
+    its send time (scheduling.limits).
     """
     dnd = effective_dnd(campaign, state.settings)
     send_times: dict[str, tuple[datetime, datetime] | str] = {}
@@ -273,10 +284,12 @@ def plan_outbox_items(rt: Runtime, state: DesiredState, campaign: Campaign, memb
                     run_id=run.id if run else None, spec_hash=run.spec_hash if run else spec_hash)
         if isinstance(timing, str) or member.user_id in blocked_by_cap:
             reason = timing if isinstance(timing, str) else blocked_by_cap[member.user_id]
-            items.append(OutboxItem(**base, not_before=now, status="skipped", skip_reason=reason))
+            items.append(OutboxItem(**base, not_before=now, status="skipped", skip_reason=reason,
+                                    limit_day=limit_day(campaign, state.settings, member.timezone, counts_at or now)))
             continue
         send_at, scheduled_for = timing
-        items.append(OutboxItem(**base, not_before=send_at,
+        day = limit_day(campaign, state.settings, member.timezone, counts_at or send_at)
+        items.append(OutboxItem(**base, not_before=send_at, limit_day=day,
                                 expires_at=expires_at(campaign, state.settings, now, scheduled_for=scheduled_for)))
     return items
 

@@ -81,7 +81,8 @@ def test_an_older_schema_is_upgraded_on_open(store: StateStore, store_url: str, 
     raw_sql("DROP INDEX outbox_by_message_id")
     raw_sql("CREATE INDEX outbox_by_provider_id ON outbox (provider, provider_message_id)")
     raw_sql("DROP TABLE schedule_marks")
-    for column in ("doubt", "doubt_settled", "released_claims"):
+    raw_sql("DROP INDEX outbox_by_limit_day")
+    for column in ("doubt", "doubt_settled", "released_claims", "limit_day"):
         raw_sql(f"ALTER TABLE outbox DROP COLUMN {column}")
     raw_sql("DELETE FROM schema_migrations WHERE version >= 2")
     upgraded = open_state_store(store_url, clock=clock)

@@ -413,15 +413,15 @@ class SqlStateStore(StateStore):
             params = [
                 (i.idempotency_key, i.run_id, i.campaign, i.spec_hash, i.user_id, i.phone,
                  self._js(dict(i.context)), self._ts(i.not_before), self._ts(i.expires_at), i.status,
-                 i.skip_reason, now, now)
+                 i.skip_reason, i.limit_day, now, now)
                 for i in items if i.run_id not in cancelled
             ]
             if not params:
                 return 0
             return tx.many(
                 "INSERT INTO outbox (idempotency_key, run_id, campaign, spec_hash, user_id, phone, context,"
-                " not_before, expires_at, status, skip_reason, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
+                " not_before, expires_at, status, skip_reason, limit_day, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
                 params)
 
     def _cancelled_runs(self, tx: Tx, run_ids: set[int]) -> set[int]:
@@ -674,8 +674,10 @@ class SqlStateStore(StateStore):
                 counts.update({r["user_id"]: int(r["n"]) for r in rows})
         return counts
 
-    def _window(self, since: datetime | None, until: datetime | None,
-                campaign: str | None) -> tuple[str, list[Any]]:
+    def _window(self, since: datetime | None, until: datetime | None, campaign: str | None, *,
+                day: str | None = None, created_since: datetime | None = None) -> tuple[str, list[Any]]:
+        """Counted rows (sent, claimed, pending) with send time in [since, until) — both bounds: a
+        message queued for a later day is not "today" — of limit day `day`, queued since `created_since`."""
         sql = f" AND status IN ({_marks(len(COUNTED_STATUSES))})"
         params: list[Any] = list(COUNTED_STATUSES)
         if since is not None:
@@ -687,11 +689,18 @@ class SqlStateStore(StateStore):
         if campaign is not None:
             sql += " AND campaign = ?"
             params.append(campaign)
+        if day is not None:
+            sql += " AND limit_day = ?"
+            params.append(day)
+        if created_since is not None:
+            sql += " AND created_at >= ?"
+            params.append(self._ts(created_since))
         return sql, params
 
     def campaign_sent_count(self, campaign: str, since: datetime | None = None,
-                            until: datetime | None = None) -> int:
-        extra, params = self._window(since, until, campaign)
+                            until: datetime | None = None, *, day: str | None = None,
+                            created_since: datetime | None = None) -> int:
+        extra, params = self._window(since, until, campaign, day=day, created_since=created_since)
         with self._transaction(write=False) as tx:
             row = tx.one(f"SELECT count(*) AS n FROM outbox WHERE 1 = 1{extra}", params)
         return int(row["n"]) if row else 0

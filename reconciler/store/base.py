@@ -223,6 +223,7 @@ class OutboxItem:
     expires_at: datetime | None = None
     status: Literal["pending", "skipped"] = "pending"
     skip_reason: str | None = None
+    limit_day: str | None = None  # local day (YYYY-MM-DD) it counts toward for dailyLimit (scheduling.limits)
 
 
 @dataclass(frozen=True)
@@ -257,6 +258,7 @@ class OutboxRow:
     doubt: str | None = None  # JSON {"provider", "since", "until", "reason"}: the send may have gone out
     doubt_settled: str | None = None  # found | resent | skipped | failover
     released_claims: int = 0  # claim_count as of the last release (every release settles any doubt first)
+    limit_day: str | None = None  # local day (YYYY-MM-DD) it counts toward for dailyLimit
 
     @property
     def abandoned_claim(self) -> bool:
@@ -521,7 +523,10 @@ class StateStore(ABC):
 
     @abstractmethod
     def campaign_sent_count(self, campaign: str, since: datetime | None = None,
-                            until: datetime | None = None) -> int: ...
+                            until: datetime | None = None, *, day: str | None = None,
+                            created_since: datetime | None = None) -> int:
+        """The campaign's messages sent or queued (pending/claimed): with send time in [since, until),
+        of limit day `day` (YYYY-MM-DD), and/or queued at or after `created_since` (this incarnation)."""
 
     @abstractmethod
     def campaign_cost(self, campaign: str, since: datetime | None = None, run_id: int | None = None) -> float:
