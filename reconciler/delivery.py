@@ -36,6 +36,7 @@ from .providers.group import GroupRouter, InvalidNumber, RoutingError, number_re
 from .render import Rendered, render_message_async
 from .runs import member_from_context
 from .runtime import Runtime
+from .scheduling import campaign_window
 from .secrets import redact
 from .store.base import OutboxRow, SendResult
 
@@ -129,6 +130,7 @@ class DeliveryWorker:
         if campaign is None:
             await self._skip(rows, "campaign deleted", outcome)
             return
+        rows = await self._before_end(name, campaign, rows, outcome)
         ready: list[tuple[OutboxRow, Rendered]] = []
         for row in rows:
             rendered = await self._render(campaign, row)
@@ -277,6 +279,17 @@ class DeliveryWorker:
             "run_aborted", at=self.rt.clock.now(), actor=self.rt.actor, kind="Campaign", name=campaign.name,
             details={"run_id": row.run_id, "reason": "linked content failed (onError: abort_run)",
                      "errors": list(errors), "cancelled": cancelled})])
+
+    async def _before_end(self, name: str, campaign: Campaign, rows: list[OutboxRow],
+                          outcome: BatchOutcome) -> list[OutboxRow]:
+        """Nothing is sent at or after the campaign's `end` (the applied version's, so a commit moving `end`
+        earlier stops queued messages too): such rows end `skipped: ended`, unless `queuedAfterEnd: deliver`."""
+        current = self.state.campaigns.get(name) or campaign
+        _, end = campaign_window(current, self.state.settings)
+        if end is None or current.spec.queuedAfterEnd == "deliver" or self.rt.clock.now() < end or not rows:
+            return rows
+        await self._skip(rows, "ended", outcome)
+        return []
 
     async def _skip(self, rows: Sequence[OutboxRow], reason: str, outcome: BatchOutcome) -> None:
         reason = redact(reason)

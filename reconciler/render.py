@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from liquid import BoundTemplate, Environment, FalsyStrictUndefined, RenderContext, Undefined
 from liquid.builtin.expressions.primitive import IntegerLiteral, RangeLiteral
+from liquid.builtin.tags.for_tag import ForNode
+from liquid.builtin.tags.tablerow_tag import TablerowNode
 from liquid.exceptions import LiquidError, ResourceLimitError, TemplateNotFoundError
 from liquid.expression import Expression
 from liquid.output import LimitedStringIO
@@ -146,13 +148,19 @@ def _expressions(expression: Expression) -> Iterator[Expression]:
         yield from _expressions(child)
 
 
-def range_literals(template: BoundTemplate) -> Iterator[RangeLiteral]:
-    """Every range literal of a parsed template (no partials: there is no loader)."""
+def _nodes(template: BoundTemplate) -> Iterator[Any]:
+    """Every node of a parsed template (no partials: there is no loader)."""
     static = RenderContext(template)
     nodes = list(template.nodes)
     while nodes:
         node = nodes.pop()
+        yield node
         nodes.extend(node.children(static, include_partials=False))
+
+
+def range_literals(template: BoundTemplate) -> Iterator[RangeLiteral]:
+    """Every range literal of a parsed template."""
+    for node in _nodes(template):
         for expression in node.expressions():
             yield from (e for e in _expressions(expression) if isinstance(e, RangeLiteral))
 
@@ -448,11 +456,25 @@ def render_message(campaign: Campaign, member: Member, *, event: EventRecord | M
 _RENDER_POOL = ThreadPoolExecutor(max_workers=RENDER_WORKERS, thread_name_prefix="herald-render")
 
 
+@lru_cache(maxsize=4096)
+def _loops(source: str) -> bool:
+    """Can rendering `source` repeat work (a for/tablerow loop or a range)? Unparsable: render inline
+    (it fails at once)."""
+    try:
+        template = compile_for_send(source)
+    except TemplateError:
+        return False
+    if any(type(node) in (ForNode, TablerowNode) for node in _nodes(template)):
+        return True
+    return next(range_literals(template), None) is not None
+
+
 def _renders_inline(campaign: Campaign) -> bool:
-    """Text and plain `{{ a.b | filter }}` outputs only: bounded by the body's length, no loops."""
+    """No loops and no ranges: the work is bounded by the template's length (and the data's size), so
+    rendering on the event loop costs no more than the thread hop it would save (~0.1 ms)."""
     message = campaign.spec.message
-    return compile_fast(message.body) is not None and all(
-        compile_fast(template_variable_source(v)) is not None for v in message.templateVariables)
+    sources = [message.body, *(template_variable_source(v) for v in message.templateVariables)]
+    return not any(_loops(source) for source in sources)
 
 
 async def render_message_async(campaign: Campaign, member: Member, *,

@@ -82,7 +82,7 @@ def test_slow_renders_do_not_hold_the_event_loop() -> None:
     """Six renders that each use their whole budget, while a ticker measures the loop's stalls."""
     campaign = make_campaign(message={"body": SLOW})
 
-    async def scenario() -> tuple[float, float, list[Rendered | RenderFailure]]:
+    async def scenario() -> tuple[list[float], float, list[Rendered | RenderFailure]]:
         gaps: list[float] = []
         done = asyncio.Event()
 
@@ -100,12 +100,13 @@ def test_slow_renders_do_not_hold_the_event_loop() -> None:
         elapsed = time.monotonic() - started
         done.set()
         await tick
-        return max(gaps), elapsed, results
+        return gaps, elapsed, results
 
-    worst_gap, elapsed, results = asyncio.run(scenario())
+    gaps, elapsed, results = asyncio.run(scenario())
     assert all(isinstance(r, RenderFailure) and "budget" in r.reason for r in results)
     assert elapsed >= RENDER_BUDGET_SECONDS  # the renders really ran for their budget...
-    assert worst_gap < elapsed / 2, (worst_gap, elapsed)  # ...and the loop kept turning meanwhile
+    # ...and the loop kept turning meanwhile (rendering on the loop: one tick, one gap as long as it all)
+    assert len(gaps) >= 5 and max(gaps) < elapsed * 0.75, (len(gaps), max(gaps), elapsed)
 
 
 # ---------------------------------------------------------------- secrets

@@ -190,6 +190,9 @@ class CampaignSpec(StrictModel):
     providerGroup: str | None = Field(default=None, description="Provider group; the default group when absent.")
     conversion: Conversion | None = None
     validity: Duration | None = Field(default=None, description="Queued messages older than this are not sent.")
+    queuedAfterEnd: Literal["skip", "deliver"] = Field(
+        default="skip", description="Messages queued before `end` and still unsent at `end`: skip (reason `ended`, "
+                                     "the default) or deliver them.")
     rateLimit: CampaignRateLimit | None = None
     budget: Budget | None = None
 
