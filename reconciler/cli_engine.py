@@ -45,16 +45,23 @@ def _configure_logging(verbose: bool) -> None:
 @click.option("--clock-offset", "clock_offset", envvar="HERALD_CLOCK_OFFSET", default=None,
               help="Tests and drills only: shift this daemon's clock by this many seconds (may be negative), "
               "to run it at another hour of the day or skewed against other daemons.")
+@click.option("--public-url", "public_url", envvar="HERALD_PUBLIC_URL", default=None,
+              help="Where providers reach this daemon (https://herald.example): status callbacks point there "
+              "and provider signatures are checked against it.")
+@click.option("--trusted-proxies", "trusted_proxies", envvar="HERALD_TRUSTED_PROXIES", default=None,
+              help="Comma-separated CIDRs of reverse proxies whose Forwarded / X-Forwarded-* headers are believed.")
 @click.option("-v", "--verbose", is_flag=True)
 def run(repo: str, branch: str, paths: tuple[str, ...], host: str, port: int, poll_interval: float,
         tick_interval: float, workers: int, state_url: str | None, audience_url: str | None, allow_prune: bool,
-        override_freeze: bool, lease_seconds: float | None, clock_offset: str | None, verbose: bool) -> None:
+        override_freeze: bool, lease_seconds: float | None, clock_offset: str | None, public_url: str | None,
+        trusted_proxies: str | None, verbose: bool) -> None:
     """Run the reconciler daemon: poll git, apply, schedule, deliver, serve HTTP."""
     from .audience.store import open_audience_store
     from .clock import ClockOffsetError, SystemClock, parse_clock_offset
     from .daemon import Daemon, DaemonOptions, webhook_secret_from_env
     from .engine import Engine
     from .gitsource import GitSource
+    from .http.proxies import ProxyConfigError, normalize_public_url, parse_networks
     from .linked import LinkedUrlPolicy
     from .runtime import Leases, Runtime
     from .store import open_state_store
@@ -64,9 +71,15 @@ def run(repo: str, branch: str, paths: tuple[str, ...], host: str, port: int, po
         clock = SystemClock(parse_clock_offset(clock_offset))
     except ClockOffsetError as exc:
         raise click.BadParameter(str(exc), param_hint="--clock-offset") from None
+    try:
+        public = normalize_public_url(public_url)
+        parse_networks(trusted_proxies)
+    except ProxyConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--public-url / --trusted-proxies") from None
     env = RuntimeConfig.from_env()
     config = RuntimeConfig(state_url=state_url or env.state_url, audience_url=audience_url or env.audience_url,
-                           admin_token=env.admin_token, provider_base_url=env.provider_base_url)
+                           admin_token=env.admin_token, provider_base_url=env.provider_base_url,
+                           public_url=public)
     for url in (config.state_url, config.audience_url):
         if ":///" in url and not url.endswith(":memory:"):
             Path(url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +91,8 @@ def run(repo: str, branch: str, paths: tuple[str, ...], host: str, port: int, po
                     allow_prune=allow_prune, linked_policy=LinkedUrlPolicy.for_daemon(port),
                     override_freeze=override_freeze)
     options = DaemonOptions(host=host, port=port, poll_interval=poll_interval, tick_interval=tick_interval,
-                            webhook_secret=webhook_secret_from_env())
+                            webhook_secret=webhook_secret_from_env(), public_base_url=public,
+                            trusted_proxies=trusted_proxies)
     logging.getLogger("herald.daemon").info("herald %s: watching %s (%s) on http://%s:%d",
                                             rt.worker_id, repo, branch, host, port)
     try:

@@ -4,6 +4,8 @@ HERALD_STATE_URL     state store: sqlite:///PATH (default .herald/state.db) or p
 HERALD_AUDIENCE_URL  user/event store: duckdb:///PATH (default .herald/audience.duckdb) or postgresql://...
 HERALD_ADMIN_TOKEN   bearer token for state-changing HTTP endpoints
 HERALD_PROVIDER_BASE_URL  when set, every provider adapter talks to {this}/{provider type} (mock server)
+HERALD_PUBLIC_URL    where providers reach this daemon (https://herald.example): every send asks for a
+                     status callback to {this}/receipts/{provider}, and signatures are checked against it
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class RuntimeConfig:
     audience_url: str = DEFAULT_AUDIENCE_URL
     admin_token: str | None = None
     provider_base_url: str | None = None
+    public_url: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -31,4 +34,5 @@ class RuntimeConfig:
             audience_url=env.get("HERALD_AUDIENCE_URL", DEFAULT_AUDIENCE_URL),
             admin_token=env.get("HERALD_ADMIN_TOKEN") or None,
             provider_base_url=env.get("HERALD_PROVIDER_BASE_URL") or None,
+            public_url=(env.get("HERALD_PUBLIC_URL") or "").rstrip("/") or None,
         )

@@ -25,11 +25,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from . import consent
 from .audience.records import EventRecord
 from .engine import LAST_ERROR_KEY, Engine
 from .health import health_report
 from .http.events import event_routes
-from .http.receipts import receipt_routes
+from .http.inbound import inbound_routes
+from .http.proxies import PublicUrl, normalize_public_url, parse_networks
+from .http.receipts import Receipt, receipt_routes
 from .http.security import (
     BodyIncomplete,
     BodyTooLarge,
@@ -51,6 +54,7 @@ class DaemonOptions:
     tick_interval: float = 1.0
     webhook_secret: str | None = None
     public_base_url: str | None = None
+    trusted_proxies: str | None = None  # CIDRs whose Forwarded / X-Forwarded-* headers are believed
 
 
 class Daemon:
@@ -61,6 +65,8 @@ class Daemon:
         self.sync_now = asyncio.Event()
         self.started = asyncio.Event()
         self._last_sync: float | None = None  # None: sync at the first step, whatever the loop clock reads
+        self.public = PublicUrl(base=normalize_public_url(options.public_base_url),
+                                trusted=parse_networks(options.trusted_proxies))
         self.app = Starlette(routes=self.routes(), middleware=[Middleware(RequestTargetGuard)])
 
     # ------------------------------------------------------------ HTTP
@@ -73,7 +79,9 @@ class Daemon:
             Route("/webhook/git", self.git_webhook, methods=["POST"]),
             Route("/admin/sync", self.admin_sync, methods=["POST"]),
             *event_routes(rt.audience, token=rt.config.admin_token, clock=rt.clock, on_events=self.on_events),
-            *receipt_routes(self.engine.state, rt.store, clock=rt.clock, public_base_url=self.options.public_base_url),
+            *receipt_routes(self.engine.state, rt.store, clock=rt.clock, public=self.public,
+                            on_receipt=self.on_receipt),
+            *inbound_routes(self.engine.state, rt, router=self.engine.router, public=self.public),
         ]
         with contextlib.suppress(ImportError):
             from .http.dashboard import dashboard_routes
@@ -125,6 +133,11 @@ class Daemon:
         self.sync_now.set()
         return JSONResponse({"status": "sync scheduled"}, status_code=202)
 
+    async def on_receipt(self, provider: str, receipt: Receipt) -> None:
+        """Consent: a receipt whose error code means "opted out" (Twilio 21610) opts the recipient out."""
+        await asyncio.to_thread(consent.opt_out_from_receipt, self.engine.rt, self.engine.state, provider,
+                                receipt.error_code, receipt.raw)
+
     async def on_events(self, events: list[EventRecord]) -> None:
         outcomes = await asyncio.to_thread(self.engine.on_events, events)
         LOG.debug("live events handled: %s", dict(outcomes))
@@ -137,7 +150,8 @@ class Daemon:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
         server = _QuietServer(uvicorn.Config(self.app, host=self.options.host, port=self.options.port,
-                                             log_level="warning", lifespan="off", access_log=False))
+                                             log_level="warning", lifespan="off", access_log=False,
+                                             proxy_headers=False))  # HERALD_TRUSTED_PROXIES decides
         serving = asyncio.create_task(server.serve())
         try:
             await self._loop()

@@ -26,7 +26,7 @@ from typing import Any
 
 import phonenumbers
 
-from . import audit, doubt
+from . import audit, consent, doubt
 from .linked import LinkedContentFetcher, LinkedUrlPolicy
 from .loading import DesiredState
 from .models import Campaign, Provider
@@ -131,6 +131,7 @@ class DeliveryWorker:
             await self._skip(rows, "campaign deleted", outcome)
             return
         rows = await self._before_end(name, campaign, rows, outcome)
+        rows = await self._consented(rows, outcome)
         ready: list[tuple[OutboxRow, Rendered]] = []
         for row in rows:
             rendered = await self._render(campaign, row)
@@ -256,6 +257,22 @@ class DeliveryWorker:
         await asyncio.to_thread(self.rt.store.complete, self.rt.worker_id, final)
         return final
 
+    async def _consented(self, rows: list[OutboxRow], outcome: BatchOutcome) -> list[OutboxRow]:
+        """Consent at send time: rows of users who opted out (or whose number became invalid) since
+        the message was queued end `skipped: opted_out` / `skipped: invalid_phone`, audited."""
+        keep, refused = await asyncio.to_thread(consent.send_time_check, self.rt.audience, rows)
+        for reason, skipped in refused.items():
+            await self._skip(skipped, reason, outcome)
+        return keep
+
+    async def _opt_outs_from(self, ready: list[tuple[OutboxRow, Rendered]], results: Sequence[ProviderResult]) -> None:
+        """Failures whose provider code means "opted out" (Twilio 21610) opt the user out here too."""
+        by_key = {r.message_id: r for r in results if r.status == "failed" and r.error_code}
+        failures = [(row.user_id, row.phone, by_key[row.idempotency_key].provider, by_key[row.idempotency_key].error_code)
+                    for row, _ in ready if row.idempotency_key in by_key]
+        if failures:
+            await asyncio.to_thread(consent.opt_out_from_errors, self.rt, self.state, failures)
+
     async def _render(self, campaign: Campaign, row: OutboxRow) -> Rendered | str:
         member = member_from_context(row.context)
         event = row.context.get("event")
@@ -345,6 +362,7 @@ class DeliveryWorker:
             fresh.append(self._final(row, rendered, result, now))
         if fresh:
             await asyncio.to_thread(self.rt.store.complete, self.rt.worker_id, fresh)
+            await self._opt_outs_from(ready, results)
         if doubtful:
             await asyncio.to_thread(self._release_in_doubt, doubtful, started or now, now)
             outcome.in_doubt += len(doubtful)

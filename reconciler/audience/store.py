@@ -16,12 +16,13 @@ from types import TracebackType
 from typing import Any, Literal
 
 from ..models.segment import PropertyPredicate
-from .compiler import MEMBER_COLUMNS, ColumnType, Compiler, Dialect, Fragment, Rule, frag, param, wrap
+from .compiler import MEMBER_COLUMNS, ColumnType, Compiler, Dialect, Fragment, Rule, frag, join, param, wrap
 from .records import EventRecord, Member, UserRecord
 
 Order = Literal["none", "id", "random", "created"]  # none: engine order, no sort (least memory)
 DEFAULT_BATCH = 1000
 CONVERSION_CHUNK = 5000  # (key, user, sent_at) pairs per conversion query
+CONSENT_CHUNK = 500  # user ids per send-time consent query
 PAIR_COLUMNS: tuple[tuple[str, ColumnType], ...] = (
     ("pair_key", "text"), ("user_id", "text"), ("window_start", "timestamptz"), ("window_end", "timestamptz"))
 
@@ -303,6 +304,31 @@ class AudienceStore(ABC):
                                    "WHERE e.user_id = {} AND {} ORDER BY e.ts LIMIT {}",
                                    param(user_id), condition, param(limit)))
         return [EventRecord(r[0], r[1], r[2], self._decode_properties(r[3])) for r in rows]
+
+    # -- consent ------------------------------------------------------------------------
+    def users_by_phone(self, phone: str) -> list[str]:
+        """Ids of the users whose stored (E.164) phone is `phone`, in id order."""
+        rows = self._fetchall(frag("SELECT u.id FROM users u WHERE u.phone = ? ORDER BY u.id", phone))
+        return [str(row[0]) for row in rows]
+
+    def unreachable(self, user_ids: Iterable[str]) -> dict[str, str]:
+        """Of these users, those who may not be messaged now: {id: "opted_out" | "invalid_phone"}.
+
+        Read at send time, so a consent change made after a message was queued is honoured. Unknown
+        ids (live-event users never ingested) are not listed: nothing says they refused."""
+        ids = sorted(set(user_ids))
+        found: dict[str, str] = {}
+        for start in range(0, len(ids), CONSENT_CHUNK):
+            chunk = ids[start:start + CONSENT_CHUNK]
+            query = wrap("SELECT u.id, u.opted_out, u.phone_valid FROM users u WHERE u.id IN ({}) "
+                         "AND (u.opted_out OR NOT u.phone_valid)", join(", ", (param(i) for i in chunk)))
+            for user_id, opted_out, _valid in self._fetchall(query):
+                found[str(user_id)] = "opted_out" if opted_out else "invalid_phone"
+        return found
+
+    def set_opted_out(self, user_ids: Iterable[str], opted_out: bool, *, now: datetime) -> int:
+        """Opt these (stored) users out or back in at once; returns how many were changed."""
+        return self.upsert_users([UserRecord(id=i, opted_out=opted_out) for i in dict.fromkeys(user_ids)], now=now)
 
     def stats(self) -> StoreStats:
         row = self._fetchall(Fragment(

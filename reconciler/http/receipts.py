@@ -20,11 +20,11 @@ import hmac
 import inspect
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, Protocol
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qs, parse_qsl, urlsplit, urlunsplit
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -36,6 +36,7 @@ from ..models import Provider
 from ..models.provider import ExotelSpec, GenericHttpSpec, Msg91Spec, NetcoreSpec, TwilioSpec, VonageSpec
 from ..providers.registry import receipt_token
 from ..secrets import SecretError, redact, resolve_secret
+from .proxies import PublicUrl
 from .security import BodyIncomplete, BodyTooLarge, read_limited_body, text_problem
 
 log = logging.getLogger(__name__)
@@ -147,18 +148,75 @@ def _storable(params: dict[str, str]) -> dict[str, str]:
     return params
 
 
-def _form_params(request: Request, raw: bytes) -> dict[str, str]:
+def _form_multi(request: Request, raw: bytes) -> dict[str, list[str]]:
+    """The POST form as name → every value (Twilio signs repeated names value by value)."""
     if not raw or "json" in request.headers.get("content-type", ""):
         return {}
-    return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True))
+    found: dict[str, list[str]] = {}
+    for key, value in parse_qsl(raw.decode("utf-8"), keep_blank_values=True):
+        found.setdefault(key, []).append(value)
+    return found
 
 
 # -- signatures ----------------------------------------------------------------------------
 
-def twilio_signature(auth_token: str, url: str, post_params: Mapping[str, str]) -> str:
-    signed = url + "".join(f"{key}{post_params[key]}" for key in sorted(post_params))
-    digest = hmac.new(auth_token.encode(), signed.encode(), hashlib.sha1).digest()
+TWILIO_ALGORITHMS = {"HMAC_SHA1": hashlib.sha1, "HMAC_SHA256": hashlib.sha256}
+
+
+def twilio_signature(auth_token: str, url: str, post_params: Mapping[str, str | Sequence[str]],
+                     algorithm: str = "HMAC_SHA1") -> str:
+    """Twilio's X-Twilio-Signature: base64 HMAC of the URL followed by each POST name and value, names
+    sorted, each name's distinct values sorted (as the official RequestValidator computes it)."""
+    signed = url
+    for key in sorted(post_params):
+        value = post_params[key]
+        for item in sorted(set([value] if isinstance(value, str) else value)):
+            signed += f"{key}{item}"
+    digest = hmac.new(auth_token.encode(), signed.encode(), TWILIO_ALGORITHMS[algorithm.upper()]).digest()
     return base64.b64encode(digest).decode()
+
+
+def twilio_url_variants(url: str) -> list[str]:
+    """The URL as called, without its port and with the scheme's default port (RequestValidator checks
+    both, since Twilio's signing is inconsistent about ':443')."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    shown = f"[{host}]" if ":" in host else host
+    userinfo = parts.netloc.rpartition("@")[0]
+    prefix = f"{userinfo}@" if userinfo else ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    without = urlunsplit((parts.scheme, f"{prefix}{shown}", parts.path, parts.query, parts.fragment))
+    with_port = urlunsplit((parts.scheme, f"{prefix}{shown}:{port}", parts.path, parts.query, parts.fragment))
+    return list(dict.fromkeys([without, with_port]))
+
+
+def twilio_algorithm(settings_header: str | None) -> str:
+    """The algorithm named by X-Twilio-Webhooks-Signature-Settings (key=…,algorithm=…); HMAC_SHA1 without."""
+    for part in (settings_header or "").split(","):
+        name, separator, value = part.partition("=")
+        if separator and name.strip() == "algorithm" and value.strip():
+            return value.strip().upper()
+    return "HMAC_SHA1"
+
+
+def twilio_request_valid(key: str, urls: Sequence[str], params: Mapping[str, Sequence[str]], raw: bytes,
+                         signature: str, algorithm: str) -> bool:
+    """True when `signature` matches one URL variant, as the official RequestValidator decides: form
+    parameters signed; a JSON body signed through the URL's bodySHA256 (hex SHA-256 of the body)."""
+    if algorithm not in TWILIO_ALGORITHMS:
+        return False
+    for url in urls:
+        query = parse_qs(urlsplit(url).query)
+        signed_params = params
+        if "bodySHA256" in query:
+            if not hmac.compare_digest(hashlib.sha256(raw).hexdigest().encode(), query["bodySHA256"][0].encode()):
+                continue
+            signed_params = {}
+        for variant in twilio_url_variants(url):
+            expected = twilio_signature(key, variant, signed_params, algorithm)
+            if hmac.compare_digest(signature.encode(), expected.encode()):
+                return True
+    return False
 
 
 def vonage_signed_string(params: Mapping[str, str]) -> str:
@@ -189,27 +247,32 @@ class _Context:
     provider: Provider
     environ: dict[str, str] | None
     clock: Clock | None
-    public_base_url: str | None
+    public: PublicUrl
 
 
-def _full_url(request: Request, public_base_url: str | None) -> str:
-    if public_base_url is None:
-        return str(request.url)
-    query = f"?{request.url.query}" if request.url.query else ""
-    return f"{public_base_url.rstrip('/')}{request.url.path}{query}"
-
-
-async def _twilio(ctx: _Context, request: Request) -> list[Receipt]:
+def check_twilio(ctx: _Context, request: Request, raw: bytes) -> None:
+    """Forbidden unless X-Twilio-Signature matches one URL the request may have been sent to (public
+    URL, trusted forwarded URL; each with and without its port) under the algorithm of
+    X-Twilio-Webhooks-Signature-Settings, keyed by the webhook signing key when set, else the auth token."""
     spec = ctx.provider.spec
     assert isinstance(spec, TwilioSpec)
-    params, raw = await _params(request)
     signature = request.headers.get("x-twilio-signature")
     if not signature:
         raise Forbidden("X-Twilio-Signature missing")
-    token = resolve_secret(spec.authToken, ctx.environ)
-    expected = twilio_signature(token, _full_url(request, ctx.public_base_url), _form_params(request, raw))
-    if not hmac.compare_digest(signature.encode(), expected.encode()):
+    settings_header = request.headers.get("x-twilio-webhooks-signature-settings")
+    algorithm = twilio_algorithm(settings_header)
+    keys = [resolve_secret(spec.authToken, ctx.environ)]
+    if spec.webhookSigningKey is not None and settings_header:
+        keys.insert(0, resolve_secret(spec.webhookSigningKey, ctx.environ))
+    urls = ctx.public.candidates(request)
+    params = _form_multi(request, raw)
+    if not any(twilio_request_valid(key, urls, params, raw, signature, algorithm) for key in keys):
         raise Forbidden("X-Twilio-Signature does not match")
+
+
+async def _twilio(ctx: _Context, request: Request) -> list[Receipt]:
+    params, raw = await _params(request)
+    check_twilio(ctx, request, raw)
     sid = _first(params, "MessageSid", "SmsSid")
     status_word = _first(params, "MessageStatus", "SmsStatus")
     if not sid or not status_word:
@@ -345,18 +408,21 @@ async def _record(sink: ReceiptSink, provider: str, receipt: Receipt) -> bool:
 
 def receipt_routes(state: DesiredState, sink: ReceiptSink, *, clock: Clock | None = None,
                    public_base_url: str | None = None, environ: dict[str, str] | None = None,
-                   prefix: str = "/receipts") -> list[Route]:
+                   prefix: str = "/receipts", public: PublicUrl | None = None,
+                   on_receipt: Callable[[str, Receipt], Awaitable[None]] | None = None) -> list[Route]:
     """Routes for every provider of `state` at {prefix}/{provider name} (GET and POST).
 
-    `public_base_url` is the scheme://host the providers call (behind a proxy the request URL
-    differs, and Twilio signs the URL it called)."""
+    `public` (or just `public_base_url`) is where the providers call this daemon: behind a proxy the
+    request URL differs, and Twilio signs the URL it called. `on_receipt` sees each recorded receipt
+    (consent: an opt-out error code in a receipt opts the recipient out)."""
+    where = public or PublicUrl(base=public_base_url.rstrip("/") if public_base_url else None)
 
     async def endpoint(request: Request) -> Response:
         name = request.path_params["provider"]
         provider = state.providers.get(name)
         if provider is None:
             return PlainTextResponse("unknown provider", status_code=404)
-        ctx = _Context(provider, environ, clock, public_base_url)
+        ctx = _Context(provider, environ, clock, where)
         try:
             receipts = await PARSERS[type(provider.spec)](ctx, request)
         except Forbidden as exc:
@@ -371,6 +437,8 @@ def receipt_routes(state: DesiredState, sink: ReceiptSink, *, clock: Clock | Non
         try:
             for receipt in receipts:
                 await _record(sink, name, receipt)
+                if on_receipt is not None:
+                    await on_receipt(name, receipt)
         except Exception as exc:  # the sink's store is down: ask the provider to retry later
             log.error("receipt for %s not recorded: %s", name, redact(str(exc)))
             return PlainTextResponse("temporarily unavailable", status_code=503)

@@ -49,6 +49,9 @@ class TwilioSpec(ProviderCommon):
     from_: str | None = Field(default=None, alias="from", pattern=r"^(\+[1-9][0-9]{6,14}|[A-Za-z0-9 ]{1,11})$")
     messagingServiceSid: str | None = Field(default=None, pattern=r"^MG[0-9a-fA-F]{32}$")
     statusCallbackUrl: str | None = None
+    webhookSigningKey: SecretValue | None = Field(
+        default=None, description="The webhook SharedKey secret: verifies callbacks that carry "
+        "X-Twilio-Webhooks-Signature-Settings (HMAC-SHA256); the auth token verifies the rest.")
 
     @model_validator(mode="after")
     def _sender(self) -> TwilioSpec:

@@ -18,8 +18,65 @@ class SafetyDefaults(StrictModel):
     defaultLimit: int | None = Field(default=None, ge=1, le=MAX_COUNT, description="Safety limit for campaigns that set none.")
 
 
+class EmailAlertSettings(StrictModel):
+    """Owner alerts by e-mail (SMTP): to the campaign's owner when it is an e-mail address, and to `to`."""
+
+    host: str = Field(min_length=1, max_length=253, description="SMTP server host name or address.")
+    port: int = Field(default=587, ge=1, le=65535, description="SMTP port (587 submission, 25 relay, 465 TLS).")
+    starttls: bool = Field(default=True, description="Upgrade the connection with STARTTLS before logging in.")
+    tls: bool = Field(default=False, description="Implicit TLS from the first byte (port 465); excludes starttls.")
+    username: SecretValue | None = Field(default=None, description="SMTP login (a secretRef).")
+    password: SecretValue | None = Field(default=None, description="SMTP password (a secretRef).")
+    from_: str = Field(alias="from", pattern=r"^[^@\s<>]+@[^@\s<>]+$", description="Sender address.")
+    to: list[Annotated[str, Field(pattern=r"^[^@\s<>]+@[^@\s<>]+$")]] = Field(
+        default_factory=list, max_length=100, description="Always-copied recipients besides the campaign owner.")
+    timeoutSeconds: float = Field(default=10.0, gt=0, le=120, description="Connect and command timeout.")
+
+
 class AlertSettings(StrictModel):
     webhookUrl: str | None = Field(default=None, description="Slack-compatible webhook for owner alerts.")
+    email: EmailAlertSettings | None = Field(default=None, description="Owner alerts by SMTP e-mail.")
+
+
+CTIA_STOP = ("STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE")
+CTIA_START = ("START", "UNSTOP", "YES")
+CTIA_HELP = ("HELP", "INFO")
+ProviderType = Literal["twilio", "vonage", "msg91", "exotel", "netcore", "generic_http"]
+_TWILIO: ProviderType = "twilio"
+Keyword = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^\S+$")]
+ReplyText = Annotated[str, Field(max_length=640)]
+
+
+class ConsentReplies(StrictModel):
+    """Automatic answers to keywords in one language; an empty text sends none."""
+
+    stop: ReplyText = Field(default="You are unsubscribed and will get no more messages. Reply START to resubscribe.")
+    start: ReplyText = Field(default="You are subscribed again. Reply STOP to unsubscribe, HELP for help.")
+    help: ReplyText = Field(default="Reply STOP to unsubscribe, START to resubscribe. Msg & data rates may apply.")
+
+
+class ConsentSettings(StrictModel):
+    """Inbound keywords (matched case-insensitively on the whole trimmed reply) and provider opt-out codes."""
+
+    stopKeywords: list[Keyword] = Field(default_factory=lambda: list(CTIA_STOP), max_length=100,
+                                        description="Replies that opt the sender out (CTIA defaults).")
+    startKeywords: list[Keyword] = Field(default_factory=lambda: list(CTIA_START), max_length=100,
+                                         description="Replies that opt the sender back in.")
+    helpKeywords: list[Keyword] = Field(default_factory=lambda: list(CTIA_HELP), max_length=100,
+                                        description="Replies answered with the help text.")
+    replies: dict[Annotated[str, Field(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")], ConsentReplies] = Field(
+        default_factory=lambda: {"en": ConsentReplies()}, max_length=100,
+        description="Auto-replies per language (the user's `language` property, else defaultLanguage).")
+    defaultLanguage: str = Field(default="en", pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
+    optOutErrorCodes: dict[ProviderType, list[Annotated[str, Field(min_length=1, max_length=16)]]] = Field(
+        default_factory=lambda: {_TWILIO: ["21610"]},
+        description="Provider error codes meaning 'this recipient opted out' (Twilio 21610): the user is opted out.")
+    inboundFromFields: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=lambda: ["from", "msisdn", "sender", "mobile", "phone"], max_length=20,
+        description="Generic HTTP inbound: fields holding the sender's number, first present wins.")
+    inboundTextFields: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=lambda: ["text", "body", "message", "content", "keyword"], max_length=20,
+        description="Generic HTTP inbound: fields holding the reply text, first present wins.")
 
 
 class GitHubStatusSettings(StrictModel):
@@ -87,6 +144,7 @@ class SettingsSpec(StrictModel):
     pruneGuard: PruneGuard = Field(default_factory=PruneGuard)
     secrets: SecretSettings = Field(default_factory=SecretSettings)
     outbound: OutboundSettings = Field(default_factory=OutboundSettings)
+    consent: ConsentSettings = Field(default_factory=ConsentSettings)
 
 
 class Settings(DocumentBase):

@@ -58,6 +58,7 @@ class SendResult:
     segments: int
     retry_after: float | None = None
     encoding: str | None = None
+    error_code: str | None = None  # the provider's own error code of a failure (e.g. Twilio 21610)
 
 
 class ProviderError(Exception):
@@ -335,6 +336,7 @@ def result_from(provider: str | None, message: OutboundMessage, outcome: Outcome
                           False, attempts, info.segments, None, info.encoding)
     if isinstance(outcome, ProviderError):
         return SendResult(message.message_id, provider, "failed", None, redact(outcome.message),
-                          outcome.retryable, attempts, info.segments, outcome.retry_after, info.encoding)
+                          outcome.retryable, attempts, info.segments, outcome.retry_after, info.encoding,
+                          outcome.code)
     return SendResult(message.message_id, provider, "sent", outcome, None, False, attempts, info.segments,
                       None, info.encoding)

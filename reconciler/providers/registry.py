@@ -117,9 +117,25 @@ def with_token(url: str, token: str | None) -> str:
     return f"{url}{separator}{urlencode({'token': token})}"
 
 
+def with_public_callback(provider: Provider, config: RuntimeConfig | None,
+                         environ: dict[str, str] | None = None) -> Provider:
+    """With a public URL (HERALD_PUBLIC_URL / --public-url), providers whose API takes a per-message
+    status callback (Twilio and Exotel StatusCallback, Vonage callback) and set no statusCallbackUrl
+    get {public}/receipts/{name}, with the receipt token where the provider does not sign."""
+    spec = provider.spec
+    public = config.public_url if config else None
+    if not public or not isinstance(spec, TwilioSpec | VonageSpec | ExotelSpec) or spec.statusCallbackUrl:
+        return provider
+    url = f"{public.rstrip('/')}/receipts/{provider.name}"
+    if isinstance(spec, VonageSpec) and spec.signatureSecret is None:
+        url = with_token(url, receipt_token(provider, environ))
+    return provider.model_copy(update={"spec": spec.model_copy(update={"statusCallbackUrl": url})})
+
+
 def build_adapter(provider: Provider, client: httpx.AsyncClient, config: RuntimeConfig | None = None,
                   environ: dict[str, str] | None = None) -> ProviderAdapter:
     """Resolve the provider's secrets (SecretError when missing) and return its adapter."""
+    provider = with_public_callback(provider, config, environ)
     spec, name = provider.spec, provider.name
     base = base_url_for(provider, config)
     if isinstance(spec, TwilioSpec):
