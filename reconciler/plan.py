@@ -20,9 +20,9 @@ from typing import Any, Literal
 from .clock import Clock, SystemClock
 from .gitsource import CommitInfo
 from .loading import DesiredState, LoadedDocument
-from .models import Campaign, Document, Provider, ProviderGroup, Secret
+from .models import Campaign, Document, Provider, ProviderGroup
 from .review import BudgetCheck, CostEstimate, CountryRoute, Preview, Reviewer, check_budget, format_money
-from .secrets import SecretError, redact, resolve_secret
+from .secrets import redact, register_secret_value
 from .store.base import AppliedObject, AppliedState, Override
 
 PLAN_FORMAT = 1
@@ -616,30 +616,15 @@ def message_impact(body: str) -> MessageImpact:
 
 
 def register_referenced_secrets(state: DesiredState) -> None:
-    """Teach the redactor every secret the desired state references, so none can leak into output.
-
-    Only the redactor learns the values; nothing is printed, stored or sent.
+    """Teach the redactor every secret the desired state references (linked-content headers too), so
+    none can leak into output. Only the redactor learns the values; nothing is printed, stored or sent.
     """
+    from .references import secret_references
+
     for document in state.objects():
-        for secret in _secrets_in(document):
-            try:
-                resolve_secret(secret)
-            except SecretError:
-                continue
-
-
-def _secrets_in(value: Any) -> Iterator[Secret]:
-    if isinstance(value, Secret):
-        yield value
-    elif hasattr(value, "__pydantic_fields__"):
-        for name in type(value).model_fields:
-            yield from _secrets_in(getattr(value, name))
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _secrets_in(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _secrets_in(item)
+        for _, secret, _ in secret_references(document):
+            if secret is not None:
+                register_secret_value(secret)
 
 
 # ---------------------------------------------------------------- rendering

@@ -145,6 +145,21 @@ def resolve_secret(secret: Secret, environ: Mapping[str, str] | None = None, *, 
     return value
 
 
+def register_secret_value(secret: Secret, environ: Mapping[str, str] | None = None) -> None:
+    """Teach the redactor a referenced value without using it (whatever the reference's use), so it
+    cannot leak into output even where the reference is refused. Files only inside the secrets dir."""
+    ref = secret.secretRef
+    env = os.environ if environ is None else environ
+    if ref.env is not None:
+        if env.get(ref.env):
+            REDACTOR.register(env[ref.env])
+        return
+    try:
+        REDACTOR.register(_secret_file(str(ref.file), environ).read_text(encoding="utf-8").strip())
+    except (SecretError, OSError, UnicodeDecodeError):
+        return
+
+
 def resolve_formatted(secret: Secret, environ: Mapping[str, str] | None = None, *, use: SecretUse = "credential",
                       allow: Collection[str] = ()) -> str:
     """The credential wrapped by its `format`, e.g. 'Bearer <token>'."""

@@ -225,3 +225,32 @@ def test_webhooks_to_internal_addresses_are_refused_without_a_request(tmp_path: 
         assert [str(r.url) for r in seen] == ["http://127.0.0.1:9/hook"]
     finally:
         store.close()
+
+
+def test_plans_teach_the_redactor_linked_header_secrets_even_when_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reconciler.loading import SourceFile, load_files
+    from reconciler.plan import register_referenced_secrets
+    from reconciler.secrets import redact
+
+    monkeypatch.setenv("OFFERS_TOKEN_X", "linked-header-secret-77")
+    monkeypatch.setenv("HERALD_ADMIN_TOKEN", "daemon-admin-secret-78")
+    campaign = """apiVersion: herald/v1
+kind: Campaign
+metadata: {name: promo}
+spec:
+  type: past_behavior
+  owner: team@example.com
+  schedule: {once: "2027-01-05T10:00:00"}
+  message:
+    body: "Hi"
+    linkedContent:
+    - name: offer
+      url: https://offers.example.com/api
+      headers:
+        X-Key: {secretRef: {env: OFFERS_TOKEN_X}}
+        X-Admin: {secretRef: {env: HERALD_ADMIN_TOKEN}}
+"""
+    result = load_files([SourceFile("campaigns/promo.yaml", campaign.encode())])
+    assert any("HERALD_ADMIN_TOKEN" in d.message for d in result.errors)  # refused, and yet:
+    register_referenced_secrets(result.state)
+    assert redact("a linked-header-secret-77 b daemon-admin-secret-78") == "a *** b ***"
