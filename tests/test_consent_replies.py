@@ -1,0 +1,162 @@
+"""Consent end to end on the in-process engine (FakeClock, SQLite, DuckDB, the mock provider):
+a queued message of a user who texts STOP ends `skipped: opted_out` (audited); START brings them
+back for the next campaign; HELP is answered through the same provider; a provider opt-out error
+(Twilio 21610) opts the user out; keywords match only whole replies."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from daemon_harness import campaign_yaml, engine_world, standard_files
+from provider_callbacks import twilio_headers, twilio_inbound, twilio_status
+from starlette.applications import Starlette
+
+from reconciler import consent
+from reconciler.demo import DEMO_SECRETS, DEMO_START, DemoWorld
+from reconciler.http.inbound import inbound_routes
+from reconciler.http.proxies import PublicUrl
+from reconciler.models.settings import ConsentSettings
+from reconciler.store.base import AuditQuery
+
+PUBLIC = "https://public.example"
+TOKEN = DEMO_SECRETS["TWILIO_AUTH_TOKEN"]
+
+
+def _post_inbound(world: DemoWorld, form: dict[str, str], *, token: str = TOKEN) -> httpx.Response:
+    rt = world.engine.rt
+    app = Starlette(routes=inbound_routes(world.engine.state, rt, router=world.engine.router,
+                                          public=PublicUrl(base=PUBLIC)))
+
+    async def post() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8080") as client:
+            return await client.post("/inbound/tw", data=form,
+                                     headers=twilio_headers(token, f"{PUBLIC}/inbound/tw", form))
+
+    return world.run(post)
+
+
+def _mock_messages(world: DemoWorld, to: str) -> list[dict[str, Any]]:
+    return list(httpx.get(f"{world.mock_url}/_mock/messages", params={"to": to}, timeout=10).json()["messages"])
+
+
+def _queue(world: DemoWorld, name: str, at: Any) -> None:
+    """Commit a campaign for `at`, apply it, and materialize its run without delivering."""
+    from reconciler.demo import commit_all
+
+    root = Path(world.repo.working_tree_dir or "")
+    (root / "campaigns" / f"{name}.yaml").write_text(campaign_yaml(name, at, everyone=True))
+    commit_all(world.repo, f"add {name}")
+    world.engine.sync()
+    world.clock.set(at)
+    world.engine.tick()
+
+
+def test_stop_while_queued_skips_start_resubscribes_help_answers(tmp_path: Path) -> None:
+    with engine_world(tmp_path, standard_files(), population=6) as world:
+        rt = world.engine.rt
+        _queue(world, "first", DEMO_START + timedelta(minutes=10))
+        queued = rt.store.list_outbox(campaign="first")
+        assert len(queued) == 6 and all(r.status == "pending" for r in queued)
+        victim = queued[0]
+
+        answer = _post_inbound(world, twilio_inbound(victim.phone, "  Stop "))
+        assert answer.status_code == 200 and "<Response>" in answer.text
+        world.step(sync=False)
+
+        rows = {r.user_id: r for r in rt.store.list_outbox(campaign="first")}
+        assert rows[victim.user_id].status == "skipped" and rows[victim.user_id].skip_reason == "opted_out"
+        assert sum(r.status == "sent" for r in rows.values()) == 5
+        skips = rt.store.query_audit(AuditQuery(actions=("skip",), name="first"))
+        assert any(e.details["reason"] == "opted_out" and victim.user_id in e.details["users"] for e in skips)
+        ledger = consent.consent_ledger(rt.store)
+        assert ledger[-1]["phone"] == victim.phone and ledger[-1]["opted_out"] is True
+        assert ledger[-1]["source"] == "keyword" and ledger[-1]["users"] == [victim.user_id]
+        texts = [m["body"] for m in _mock_messages(world, victim.phone)]
+        assert texts == [ConsentSettings().replies["en"].stop]  # the confirmation, not the campaign
+
+        _post_inbound(world, twilio_inbound(victim.phone, "START"))
+        assert consent.current_optouts(consent.consent_ledger(rt.store)) == []
+        _queue(world, "second", DEMO_START + timedelta(minutes=30))
+        world.step(sync=False)
+        second = {r.user_id: r for r in rt.store.list_outbox(campaign="second")}
+        assert second[victim.user_id].status == "sent"
+
+        before = len(_mock_messages(world, victim.phone))
+        _post_inbound(world, twilio_inbound(victim.phone, "help"))
+        after = _mock_messages(world, victim.phone)
+        assert len(after) == before + 1 and after[-1]["body"] == ConsentSettings().replies["en"].help
+        replies = rt.store.query_audit(AuditQuery(actions=("consent_reply",)))
+        assert [e.details["keyword"] for e in replies] == ["stop", "start", "help"]
+        assert all(e.details["status"] == "sent" for e in replies)
+
+
+def test_forged_inbound_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    with engine_world(tmp_path, standard_files(), population=3) as world:
+        world.engine.sync()
+        rt = world.engine.rt
+        phone = next(iter(rt.audience.iter_members(None, DEMO_START)))[0].phone
+        answer = _post_inbound(world, twilio_inbound(phone, "STOP"), token="not-the-auth-token")
+        assert answer.status_code == 403
+        assert consent.consent_ledger(rt.store) == []
+        assert rt.audience.unreachable(rt.audience.users_by_phone(phone)) == {}
+
+
+def test_provider_opt_out_error_in_a_receipt_opts_the_user_out(tmp_path: Path) -> None:
+    """A Twilio status callback with ErrorCode 21610 ("unsubscribed recipient"), sent to the daemon's
+    own app: the recipient is opted out (source provider_error) and the next campaign skips them."""
+    from reconciler.daemon import Daemon, DaemonOptions
+
+    with engine_world(tmp_path, standard_files(), population=4) as world:
+        rt = world.engine.rt
+        _queue(world, "first", DEMO_START + timedelta(minutes=10))
+        world.step(sync=False)
+        sent = [r for r in rt.store.list_outbox(campaign="first") if r.provider == "tw"]
+        assert sent, "the group sends through Twilio first"
+        victim = sent[0]
+        app = Daemon(world.engine, DaemonOptions(public_base_url=PUBLIC)).app
+        form = twilio_status(victim.provider_message_id or "", "failed", victim.phone, error_code="21610")
+
+        async def post() -> httpx.Response:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
+                return await client.post("/receipts/tw", data=form,
+                                         headers=twilio_headers(TOKEN, f"{PUBLIC}/receipts/tw", form))
+
+        assert world.run(post).status_code == 204
+        ledger = consent.consent_ledger(rt.store)
+        assert [(e["phone"], e["source"], e["provider"], e["opted_out"]) for e in ledger] == [
+            (victim.phone, "provider_error", "tw", True)]
+        _queue(world, "second", DEMO_START + timedelta(minutes=30))
+        world.step(sync=False)
+        second = {r.user_id: r for r in rt.store.list_outbox(campaign="second")}
+        assert victim.user_id not in second or second[victim.user_id].status == "skipped"
+        assert sum(r.status == "sent" for r in second.values()) == 3
+
+
+@pytest.mark.parametrize(("text", "family"), [
+    ("STOP", "stop"), ("stop.", "stop"), (" Unsubscribe ", "stop"), ("quit", "stop"), ("StopAll", "stop"),
+    ("start", "start"), ("UNSTOP", "start"), ("help", "help"), ("INFO!", "help"),
+    ("please don't stop", None), ("stopping", None), ("", None), ("STOP STOP", None),
+])
+def test_keywords_match_whole_replies(text: str, family: str | None) -> None:
+    assert consent.classify(text, ConsentSettings()) == family
+
+
+def test_configured_keywords_and_language_replies() -> None:
+    settings = ConsentSettings.model_validate({
+        "stopKeywords": ["ARRET"], "replies": {"fr": {"help": "Répondez ARRET pour vous désabonner."}},
+        "defaultLanguage": "fr"})
+    assert consent.classify("arret", settings) == "stop" and consent.classify("STOP", settings) is None
+    assert consent.reply_text(settings, "help", None) == "Répondez ARRET pour vous désabonner."
+    assert consent.reply_text(settings, "help", "de").startswith("Répondez")
+
+
+@pytest.mark.parametrize(("raw", "e164"), [
+    ("+14155550101", "+14155550101"), ("14155550101", "+14155550101"), ("+1 (415) 555-0101", "+14155550101"),
+    ("919876500001", "+919876500001"), ("", None), ("hello", None), ("+1", None),
+])
+def test_sender_numbers_normalized(raw: str, e164: str | None) -> None:
+    assert consent.normalize_phone(raw) == e164
