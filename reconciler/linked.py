@@ -109,7 +109,7 @@ def linked_request(url: str, policy: LinkedUrlPolicy) -> PinnedRequest:
     refusal = _admin_refusal(target, addresses, policy)
     if refusal:
         raise OutboundRefused(refusal)
-    return pin(target.url, policy.outbound)
+    return pin(target.url, policy.outbound, addresses or None)  # the same lookup: no second answer
 
 
 def check_linked_url(url: str, policy: LinkedUrlPolicy) -> str | None:

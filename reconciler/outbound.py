@@ -25,7 +25,7 @@ import os
 import posixpath
 import re
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -235,16 +235,18 @@ class PinnedRequest:
     target: NormalizedUrl | None = None
 
 
-def pin(url: str, policy: OutboundPolicy) -> PinnedRequest:
-    """Normalize `url`, resolve its host, check every address, and aim the request at the first.
-    OutboundRefused when any check fails."""
+def pin(url: str, policy: OutboundPolicy, addresses: Sequence[Address] | None = None) -> PinnedRequest:
+    """Normalize `url`, resolve its host (or take `addresses`, one lookup the caller already made and
+    checked otherwise), check every address, and aim the request at the first. OutboundRefused when
+    any check fails."""
     target = normalize_url(url)
     if not policy.resolve:
         refusal = static_refusal(target.url, policy)
         if refusal:
             raise OutboundRefused(refusal)
         return PinnedRequest(target.url, target=target)
-    addresses = resolve_host(target.host, target.port)
+    if addresses is None:
+        addresses = resolve_host(target.host, target.port)
     literal = literal_address(target.host) is not None
     for address in addresses:
         refusal = policy.address_refusal(address, None if literal else target.host)

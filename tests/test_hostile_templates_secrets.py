@@ -254,3 +254,21 @@ spec:
     assert any("HERALD_ADMIN_TOKEN" in d.message for d in result.errors)  # refused, and yet:
     register_referenced_secrets(result.state)
     assert redact("a linked-header-secret-77 b daemon-admin-secret-78") == "a *** b ***"
+
+
+def test_one_lookup_decides_both_the_admin_guard_and_the_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DNS rebinding: the first answer is public, any later one loopback (allowed here, as in a dev
+    setup). The request goes to the first answer; a second lookup would have reached the admin port."""
+    answers = iter([["93.184.216.34"]] + [["127.0.0.1"]] * 10)
+
+    def rebinding(host: str, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in next(answers)]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    seen: list[httpx.Request] = []
+    campaign = make_campaign(message={"body": "{{ linked.offer.code }}", "linkedContent": [
+        {"name": "offer", "url": "http://rebind.example.com:8080/offer"}]})
+    policy = LinkedUrlPolicy(admin_ports=frozenset({8080}), allow_networks=LOOPBACK)
+    fetcher = LinkedContentFetcher(clock=FakeClock(NOW), policy=policy, client=_recording_client(seen))
+    assert fetcher.fetch(campaign, member()).action == "send"
+    assert [r.url.host for r in seen] == ["93.184.216.34"]
