@@ -14,7 +14,8 @@ plans, previews and sending agree on what a template may do: at most LOOP_ITERAT
 iterations (nested loops multiply), ranges `(a..b)` of at most MAX_RANGE_ITEMS items (also when
 piped into filters such as join or sort), OUTPUT_LIMIT_BYTES of output, bounded local variables and
 a wall-clock budget of RENDER_BUDGET_SECONDS per message, checked at every loop iteration and output
-write. The daemon renders Liquid off its event loop (render_message_async).
+write. The daemon renders templates that can repeat work (loops, ranges) on a worker pool of
+their own, off its event loop (render_message_async).
 """
 
 from __future__ import annotations
