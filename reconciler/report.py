@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from .audience.store import AudienceStore
+from .live import completed_at, completion_key
 from .loading import DesiredState
 from .models import Campaign, Provider
 from .store.base import DeliveryCount, OutboxRow, StateStore
@@ -71,6 +72,8 @@ class CampaignReport:
     # Sends that were ever in doubt (the provider may have taken them unseen), by how each was settled:
     # found (the provider's lookup had it), resent, failover, skipped (policy), unsettled (still open).
     in_doubt: dict[str, int] = field(default_factory=dict)
+    # Live campaigns with a first-N limit: "completed" once the N-th message was queued, else "active".
+    status: str | None = None
 
 
 def build_report(store: StateStore, audience: AudienceStore | None, state: DesiredState, *,
@@ -105,12 +108,21 @@ def delivery_report(store: StateStore, name: str) -> CampaignReport:
 def _campaign_report(store: StateStore, audience: AudienceStore | None, campaign: Campaign | None,
                      state_providers: Mapping[str, Provider], name: str, now: datetime) -> CampaignReport:
     report = delivery_report(store, name)
+    report.status = live_status(store, campaign)
     sent_rows = store.list_outbox(campaign=name, statuses=["sent"], limit=SENT_SCAN_LIMIT)
     add_costs(sent_rows, state_providers, report.tally, report.by_provider)
     if audience is not None and campaign is not None and campaign.spec.conversion is not None:
         by_run = defaultdict(Tally, {run.run_id: run.tally for run in report.by_run})
         count_conversions(sent_rows, audience, campaign, now, report.tally, by_run)
     return report
+
+
+def live_status(store: StateStore, campaign: Campaign | None) -> str | None:
+    """"completed" / "active" for an applied live campaign with a first-N (subset) limit, else None."""
+    applied = store.get_object("Campaign", campaign.name) if campaign is not None else None
+    if campaign is None or applied is None or completion_key(campaign, applied) is None:
+        return None
+    return "completed" if completed_at(store, campaign, applied) else "active"
 
 
 def add_costs(rows: Sequence[OutboxRow], providers: Mapping[str, Provider], total: Tally,
@@ -164,7 +176,8 @@ def report_table(reports: list[CampaignReport]) -> str:
     header = f"{'campaign / run / provider':<30}" + "".join(f"{c:>10}" for c in COLUMNS) + f"{'skipped':>9}"
     lines = [header, "-" * len(header)]
     for report in reports:
-        lines.append(_row(f"{report.campaign} ({report.runs} runs)", report.tally))
+        status = f" {report.status}" if report.status else ""
+        lines.append(_row(f"{report.campaign} ({report.runs} runs){status}", report.tally))
         for run in report.by_run:
             lines.append(_row(f"  run {run.run_id} {run.status}", run.tally))
             if run.status in ("failed", "blocked") and run.reason:

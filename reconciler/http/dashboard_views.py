@@ -18,6 +18,7 @@ from typing import Any, Literal
 from ..apply import desired_from_applied
 from ..audience.store import AudienceStore
 from ..audit import KNOWN_ACTIONS
+from ..live import completed_at
 from ..loading import DesiredState
 from ..models import Campaign
 from ..models.campaign import Schedule, Trigger
@@ -151,9 +152,12 @@ def next_run(campaign: Campaign, obj: AppliedObject, state: DesiredState, now: d
 
 
 def campaign_status(campaign: Campaign, obj: AppliedObject, state: DesiredState, now: datetime,
-                    upcoming: NextRun | None, unfinished_runs: int) -> Status:
+                    upcoming: NextRun | None, unfinished_runs: int, *, live_completed: bool = False) -> Status:
+    """`live_completed`: a live campaign reached its first-N limit (live.completed_at)."""
     if obj.paused:
         return "paused"
+    if live_completed:
+        return "completed"
     if unfinished_runs:
         return "active"
     _, end = campaign_window(campaign, state.settings)
@@ -190,7 +194,8 @@ def campaign_rows(store: StateStore, cache: DesiredCache, now: datetime) -> list
         campaign = state.campaigns[obj.name]
         upcoming = next_run(campaign, obj, state, now, store.last_run_time(obj.name))
         rows.append(CampaignRow(
-            name=obj.name, status=campaign_status(campaign, obj, state, now, upcoming, unfinished[obj.name]),
+            name=obj.name, status=campaign_status(campaign, obj, state, now, upcoming, unfinished[obj.name],
+                                                  live_completed=completed_at(store, campaign, obj) is not None),
             type=campaign.spec.type, description=campaign.metadata.description, owner=campaign.spec.owner,
             commit_sha=obj.commit_sha, changed_at=obj.applied_at, next_run=upcoming,
             when=describe_when(campaign), sent=sent.get(obj.name, 0)))
