@@ -2,7 +2,7 @@
 first-N completion and `end`"): daily limits count local days (campaign zone, recipient zone, trigger
 day), first-N completion follows limit changes and delete/re-create, live refusals are recorded, and
 DND-delayed messages are not sent after `end`. Every test runs on the world's FakeClock, so outcomes
-do not depend on the real date or hour; zones include UTC+14 and UTC−10."""
+do not depend on the real date or hour; zones include UTC+14 and UTC-10."""
 
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ import pytest
 
 from reconciler.audience.records import parse_event, parse_user
 from reconciler.demo import DemoWorld, commit_all, demo_phone, demo_world
-from reconciler.http.dashboard_views import DesiredCache, campaign_rows
+from reconciler.http.dashboard_views import DesiredCache, campaign_detail, campaign_rows
 from reconciler.report import build_report, report_table
 from reconciler.store.base import AuditQuery, OutboxRow
 
 ROOT = Path(__file__).resolve().parent.parent
-ZONES = ("Pacific/Kiritimati", "Pacific/Honolulu", "America/Los_Angeles")  # UTC+14, UTC−10, DST zone
+ZONES = ("Pacific/Kiritimati", "Pacific/Honolulu", "America/Los_Angeles")  # UTC+14, UTC-10, DST zone
 SETTINGS = """apiVersion: herald/v1
 kind: Settings
 metadata: {name: global}
@@ -102,7 +102,7 @@ def status_of(world: DemoWorld, name: str) -> str:
 
 
 def test_user_timezone_daily_limit_sends_the_limit_every_local_day(tmp_path: Path) -> None:
-    """dailyLimit 15, user mode, users at UTC+14, UTC−10 and UTC+5:30: 15 on each of six days (the run
+    """dailyLimit 15, user mode, users at UTC+14, UTC-10 and UTC+5:30: 15 on each of six days (the run
     that opens for UTC+14 at 20:00 UTC the day before is its own day, not "today" of the previous run)."""
     start = datetime(2026, 11, 30, 12, 0, tzinfo=ZoneInfo("UTC"))
     daily = campaign("daily", """  type: past_behavior
@@ -194,6 +194,8 @@ def test_event_date_daily_limit_counts_the_trigger_day_not_the_send_day(tmp_path
         table = report_table(build_report(world.engine.rt.store, None, world.engine.state, campaign="trips",
                                           now=world.clock.now()))
         assert "daily_limit=2" in table and "event_date_past=1" in table
+        detail = campaign_detail(world.engine.rt.store, None, DesiredCache(), "trips", world.clock.now())
+        assert detail is not None and detail.report.tally.skipped == {"daily_limit": 2, "event_date_past": 1}
 
         world.advance_to(datetime(2026, 12, 9, 9, 30, tzinfo=tz), every=timedelta(hours=2))
         world.step(sync=False)
