@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .alerts import Alert, format_alert
+from .alerts import Alert, AlertEmailError, alert_recipients, format_alert, send_alert_email
 from .clock import Clock, SystemClock
 from .models.common import Secret
 from .outbound import OutboundPolicy, OutboundRefused, pin
@@ -37,6 +37,7 @@ from .secrets import REDACTOR, SecretError, redact, resolve_secret
 if TYPE_CHECKING:
     from .apply import ApplyResult
     from .models import Campaign, Settings
+    from .models.settings import EmailAlertSettings
     from .store.base import StateStore
 
 LOG = logging.getLogger("herald.notify")
@@ -80,6 +81,7 @@ class NotifyConfig:
     github_enabled: bool = False
     webhook_url: str | Secret | None = None
     owner_webhook_url: str | Secret | None = None  # settings.alerts.webhookUrl, else webhook_url
+    email: EmailAlertSettings | None = None  # settings.alerts.email: owner alerts by SMTP
     # non-public networks the webhooks and the GitHub API base may use (outbound.py)
     outbound: OutboundPolicy = field(default_factory=OutboundPolicy.from_env)
 
@@ -96,6 +98,7 @@ class NotifyConfig:
             github_enabled=github is not None,
             webhook_url=notifications.webhookUrl,
             owner_webhook_url=settings.spec.alerts.webhookUrl or notifications.webhookUrl,
+            email=settings.spec.alerts.email,
             outbound=OutboundPolicy.from_settings(settings),
         )
 
@@ -306,6 +309,9 @@ class Notifier:
             webhook = config.owner_webhook_url
             if webhook is not None:
                 channels["webhook"] = lambda: self._post_webhook(self._resolve(webhook), alert_payload(alert))
+            email = config.email
+            if email is not None and alert_recipients(email, alert):
+                channels["email"] = lambda: self._send_email(email, alert)
             self._deliver_once(key, channels, report)
         except Exception as exc:
             self.logger.error("owner alert for %s failed: %s", alert.campaign, redact(f"{type(exc).__name__}: {exc}"))
@@ -315,6 +321,12 @@ class Notifier:
     def send(self, alert: Alert) -> bool:
         """AlertSink protocol."""
         return self.notify_owner(alert)
+
+    def _send_email(self, settings: EmailAlertSettings, alert: Alert) -> None:
+        try:
+            send_alert_email(settings, alert, environ=self.environ)
+        except AlertEmailError as exc:
+            raise NotifyError(str(exc)) from None
 
     def _log_alert(self, alert: Alert) -> None:
         self.logger.warning("alert %s campaign=%s owner=%s: %s", alert.kind, alert.campaign, alert.owner,

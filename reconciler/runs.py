@@ -226,7 +226,7 @@ def _block(rt: Runtime, run: Run, campaign: Campaign, reason: str, details: dict
     rt.store.append_audit([audit.audit_record(
         audit.RUN_BLOCKED, at=rt.clock.now(), actor=rt.actor, kind="Campaign", name=campaign.name,
         commit_sha=run.commit_sha, details=details)])
-    rt.alerts.send(safety_block_alert(campaign, selection.safety, run_id=str(run.id)))
+    rt.alerts.send(safety_block_alert(campaign, selection.safety, run_id=str(run.id), commit_sha=run.commit_sha))
     rt.metrics.runs.labels(outcome="blocked").inc()
     LOG.warning("run %s of %s blocked: %s", run.id, campaign.name, reason)
     return MaterializeResult(run.id, "blocked", selection.qualified, reason=reason)
