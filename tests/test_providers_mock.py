@@ -215,7 +215,7 @@ def test_twilio_message_list_reads_with_the_official_sdk_after_the_visibility_de
     field; a message shows only once the configured visibility delay has passed."""
     twilio_rest = pytest.importorskip("twilio.rest")
     url, state = mock
-    httpx.post(f"{url}/_mock/mode", json={"visibility_delay": 0.5}).raise_for_status()
+    httpx.post(f"{url}/_mock/mode", json={"visibility_delay": 3.0}).raise_for_status()
     try:
         sids = [httpx.post(url + TWILIO_PATH, data={**TWILIO_FORM, "Body": f"hello {i}"}, headers=AUTH).json()["sid"]
                 for i in range(3)]
@@ -223,7 +223,7 @@ def test_twilio_message_list_reads_with_the_official_sdk_after_the_visibility_de
         client = twilio_rest.Client("AC1", "token")
         client.api.base_url = f"{url}/twilio"
         assert client.messages.list(to=TWILIO_FORM["To"]) == []  # not visible yet
-        assert asyncio.run(_wait_for(lambda: len(client.messages.list(to=TWILIO_FORM["To"])) == 3, attempts=150))
+        assert asyncio.run(_wait_for(lambda: len(client.messages.list(to=TWILIO_FORM["To"])) == 3, attempts=600))
         listed = client.messages.list(to=TWILIO_FORM["To"], from_=TWILIO_FORM["From"], page_size=2)
     finally:
         httpx.post(f"{url}/_mock/mode", json={"visibility_delay": 0.0}).raise_for_status()
