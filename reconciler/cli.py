@@ -93,6 +93,10 @@ main.add_command(test_send)
 main.add_command(mock_provider)
 main.add_command(receipt_urls)
 
+from .cli_consent import optouts  # noqa: E402
+
+main.add_command(optouts)
+
 from .cli_audience import ingest, reach  # noqa: E402
 
 main.add_command(ingest)

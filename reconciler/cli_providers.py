@@ -85,9 +85,13 @@ def mock_provider(host: str, port: int, log_level: str) -> None:
 
 @click.command("receipt-urls")
 @click.argument("paths", nargs=-1, type=click.Path(exists=True))
-@click.option("--base-url", required=True, help="Public scheme://host of the Herald daemon, e.g. https://herald.example")
-def receipt_urls(paths: tuple[str, ...], base_url: str) -> None:
-    """Print the delivery-receipt callback URL to configure at each provider.
+@click.option("--base-url", envvar="HERALD_PUBLIC_URL", required=True,
+              help="Public scheme://host of the Herald daemon, e.g. https://herald.example (default: HERALD_PUBLIC_URL)")
+@click.option("--inbound", is_flag=True, help="Print the inbound-message (reply) webhook URLs instead.")
+def receipt_urls(paths: tuple[str, ...], base_url: str, inbound: bool) -> None:
+    """Print the delivery-receipt callback URL to configure at each provider (--inbound: the URL for
+    replies, where STOP/START/HELP arrive). With --public-url, Twilio, Vonage and Exotel get the receipt
+    URL with every message; the others need it pasted into their console.
 
     Twilio and Vonage-with-signatureSecret sign their callbacks; the others carry a per-provider
     token in the URL (derived from HERALD_RECEIPT_SECRET or the provider's credential), so treat the
@@ -104,7 +108,7 @@ def receipt_urls(paths: tuple[str, ...], base_url: str) -> None:
         click.echo(render_diagnostics(result.errors, "text"), err=True)
         sys.exit(2)
     for name, provider in sorted(result.state.providers.items()):
-        url = f"{base_url.rstrip('/')}/receipts/{name}"
+        url = f"{base_url.rstrip('/')}/{'inbound' if inbound else 'receipts'}/{name}"
         spec = provider.spec
         if isinstance(spec, TwilioSpec) or (isinstance(spec, VonageSpec) and spec.signatureSecret):
             click.echo(f"{name}\t{url}\t(signed by the provider)")
