@@ -74,16 +74,19 @@ def _echo_secrets(state: DesiredState) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("schemas"),
               show_default=True)
 @click.option("--check", is_flag=True, help="Exit 1 if the files differ from the models instead of writing.")
-def schema(out: Path, check: bool) -> None:
-    """Write JSON Schemas generated from the models (for CI and yaml-language-server)."""
-    from .schema import drifted_schemas, write_schemas
+@click.option("--reference", type=click.Path(dir_okay=False, path_type=Path), default=Path("docs/reference.md"),
+              show_default=True, help="Where the field reference (Markdown) goes.")
+def schema(out: Path, check: bool, reference: Path) -> None:
+    """Write the JSON Schemas (one per kind and herald.json for all), the OpenAPI description of the
+    daemon's API and the field reference, all generated from the code (for CI and editors)."""
+    from .schema import drifted_files, write_generated
 
     if check:
-        drifted = drifted_schemas(out)
-        for name in drifted:
-            click.echo(f"{out / name}: out of date; run 'herald schema'", err=True)
+        drifted = drifted_files(out, reference)
+        for path in drifted:
+            click.echo(f"{path}: out of date; run 'herald schema'", err=True)
         sys.exit(1 if drifted else 0)
-    for path in write_schemas(out):
+    for path in write_generated(out, reference):
         click.echo(f"wrote {path}")
 
 

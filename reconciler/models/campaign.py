@@ -4,19 +4,22 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from .common import (
     INT64_MAX,
     INT64_MIN,
     MAX_COUNT,
     ClockTime,
+    CronExpression,
     DocumentBase,
     Duration,
     SignedDuration,
     StrictModel,
     Timestamp,
+    ZoneName,
 )
+from .schema_rules import exactly_one_of, given, none_of, rules, when
 from .segment import PropertyPredicate, Rule
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -30,6 +33,13 @@ class Every(StrictModel):
     at: ClockTime
     weekday: Weekday | None = None
     day: int | None = Field(default=None, ge=-1, le=28)
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        when("unit", ["weeks"], {"allOf": [given("weekday"), none_of("day")]}),
+        when("unit", ["months"], {"allOf": [given("day"), none_of("weekday"),
+                                            {"type": "object", "properties": {"day": {"not": {"const": 0}}}}]}),
+        when("unit", ["days"], none_of("weekday", "day")),
+    ))
 
     @model_validator(mode="after")
     def _anchor(self) -> Every:
@@ -49,8 +59,10 @@ class Schedule(StrictModel):
 
     once: Timestamp | None = None
     dates: list[Timestamp] | None = Field(default=None, min_length=1, max_length=366)
-    cron: str | None = Field(default=None, description="Five-field cron expression, evaluated in the campaign tz.")
+    cron: CronExpression | None = Field(default=None, description="Five-field cron expression, evaluated in the campaign tz.")
     every: Every | None = None
+
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("once", "dates", "cron", "every"))
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Schedule:
@@ -93,6 +105,8 @@ class Trigger(StrictModel):
     inaction: InactionTrigger | None = None
     eventDate: EventDateTrigger | None = None
 
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("event", "inaction", "eventDate"))
+
     @model_validator(mode="after")
     def _exactly_one(self) -> Trigger:
         given = [k for k in ("event", "inaction", "eventDate") if getattr(self, k) is not None]
@@ -103,7 +117,10 @@ class Trigger(StrictModel):
 
 class TimezoneSpec(StrictModel):
     mode: Literal["fixed", "user"] = "fixed"
-    zone: str | None = Field(default=None, description="IANA zone; for 'user' mode the fallback zone.")
+    zone: ZoneName | None = Field(default=None, description="IANA zone; for 'user' mode the fallback zone.")
+
+    # herald validate: fixed mode (the default) needs a zone.
+    model_config = ConfigDict(json_schema_extra=when("mode", ["fixed"], given("zone"), default_matches=True))
 
 
 class DndWindow(StrictModel):
@@ -195,6 +212,11 @@ class CampaignSpec(StrictModel):
                                      "the default) or deliver them.")
     rateLimit: CampaignRateLimit | None = None
     budget: Budget | None = None
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        when("type", ["past_behavior"], {"allOf": [given("schedule"), none_of("trigger")]}),
+        when("type", ["live"], {"allOf": [given("trigger"), none_of("schedule")]}),
+    ))
 
     @model_validator(mode="after")
     def _type_fits(self) -> CampaignSpec:

@@ -17,6 +17,8 @@ from pydantic import (
     field_validator,
 )
 
+from .schema_rules import CRON_PATTERN, LOCAL_DATETIME_PATTERN, exactly_one_of
+
 API_VERSION = "herald/v1"
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -38,7 +40,10 @@ class SecretRef(StrictModel):
     """Where a credential lives. Exactly one of `env` or `file`."""
 
     env: str | None = Field(default=None, pattern=ENV_NAME_PATTERN, description="Environment variable name.")
-    file: str | None = Field(default=None, description="Path of a file holding the secret (e.g. a mounted secret).")
+    file: Annotated[str, WithJsonSchema({"type": "string", "pattern": r"\S"})] | None = Field(
+        default=None, description="Path of a file holding the secret (e.g. a mounted secret).")
+
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("env", "file"))
 
     @field_validator("file")
     @classmethod
@@ -77,7 +82,9 @@ _DURATION_PART = re.compile(r"([0-9]+)(w|d|h|m|s)")
 _DURATION_FULL = re.compile(r"^-?([0-9]+(w|d|h|m|s))+$")
 _UNIT_SECONDS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
 DURATION_PATTERN = r"^-?([0-9]+(w|d|h|m|s))+$"
-POSITIVE_DURATION_PATTERN = r"^([0-9]+(w|d|h|m|s))+$"
+NON_NEGATIVE_DURATION_PATTERN = r"^([0-9]+(w|d|h|m|s))+$"
+POSITIVE_DURATION_PATTERN = r"^(?=[^1-9]*[1-9])([0-9]+(w|d|h|m|s))+$"
+"""At least one non-zero digit: what `_positive` accepts, short of the MAX_DURATION bound."""
 MAX_DURATION = timedelta(days=3650)
 """The longest duration any field takes (10 years): far inside timedelta's and datetime's range, so
 `now ± duration` never overflows; every duration field is checked against it."""
@@ -158,7 +165,7 @@ NonNegativeDuration = Annotated[
     BeforeValidator(_to_duration),
     AfterValidator(_not_negative),
     _DURATION_JSON,
-    WithJsonSchema({"type": "string", "pattern": POSITIVE_DURATION_PATTERN,
+    WithJsonSchema({"type": "string", "pattern": NON_NEGATIVE_DURATION_PATTERN,
                     "description": "Duration such as 0s, 30s, 5m, 2h30m, 7d; at most 3650d"}),
 ]
 """A span of time from zero to MAX_DURATION."""
@@ -223,5 +230,15 @@ Timestamp = Annotated[
     datetime,
     BeforeValidator(_to_datetime),
     AfterValidator(_sensible_year),
-    Field(json_schema_extra={"description": "ISO 8601 date-time; without an offset it is read in the campaign timezone"}),
+    WithJsonSchema({"type": "string", "pattern": LOCAL_DATETIME_PATTERN,
+                    "description": "ISO 8601 date-time (years 1970-2999); without an offset it is read in the "
+                                   "campaign timezone"}),
 ]
+
+CronExpression = Annotated[str, WithJsonSchema({"type": "string", "pattern": CRON_PATTERN})]
+"""A cron expression; croniter checks it (herald validate), the schema mirrors the field ranges."""
+
+ZONE_SCHEMA_MARK = "iana-zone"
+ZoneName = Annotated[str, WithJsonSchema({"type": "string", "$comment": ZONE_SCHEMA_MARK})]
+"""An IANA time zone name; ZoneInfo checks it (herald validate). reconciler/schema.py replaces the
+marked schema with a reference to the list of zones (IanaZone)."""

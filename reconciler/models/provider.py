@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from .common import DocumentBase, SecretValue, StrictModel
+from .schema_rules import any_of, given
 
 E164_PATTERN = r"^\+[1-9][0-9]{6,14}$"
 
@@ -52,6 +53,8 @@ class TwilioSpec(ProviderCommon):
     webhookSigningKey: SecretValue | None = Field(
         default=None, description="The webhook SharedKey secret: verifies callbacks that carry "
         "X-Twilio-Webhooks-Signature-Settings (HMAC-SHA256); the auth token verifies the rest.")
+
+    model_config = ConfigDict(json_schema_extra=any_of("from", "messagingServiceSid"))
 
     @model_validator(mode="after")
     def _sender(self) -> TwilioSpec:
@@ -161,6 +164,10 @@ class GenericHttpSpec(ProviderCommon):
     batching: Batching | None = None
     success: SuccessCriteria = Field(default_factory=SuccessCriteria)
     senderId: str | None = None
+
+    # herald validate: without baseUrl the url must be absolute.
+    model_config = ConfigDict(json_schema_extra={"if": {"not": given("baseUrl")}, "then": {
+        "type": "object", "properties": {"url": {"type": "string", "pattern": "^https?://"}}}})
 
 
 ProviderSpec = Annotated[

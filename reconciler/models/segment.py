@@ -9,9 +9,18 @@ import math
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
-from .common import INT64_MAX, INT64_MIN, MAX_COUNT, DocumentBase, Duration, StrictModel
+from .common import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_COUNT,
+    POSITIVE_DURATION_PATTERN,
+    DocumentBase,
+    Duration,
+    StrictModel,
+)
+from .schema_rules import given, none_of, rules, when
 
 Scalar = str | int | float | bool
 
@@ -35,6 +44,18 @@ class PropertyPredicate(StrictModel):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")
     op: PropertyOp = "eq"
     value: Scalar | list[Scalar] | None = None
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        when("op", sorted(VALUELESS_OPS), none_of("value")),
+        when("op", sorted(LIST_OPS), {"allOf": [given("value"), {"type": "object", "properties": {
+            "value": {"type": "array", "minItems": 1}}}]}),
+        when("op", ["between"], {"type": "object", "properties": {"value": {
+            "type": "array", "minItems": 2, "maxItems": 2}}}),
+        when("op", sorted(DURATION_OPS), {"type": "object", "properties": {
+            "value": {"type": "string", "pattern": POSITIVE_DURATION_PATTERN}}}),
+        {"if": {"type": "object", "properties": {"op": {"not": {"enum": sorted(VALUELESS_OPS | LIST_OPS)}}}},
+         "then": {"allOf": [given("value"), {"type": "object", "properties": {"value": {"not": {"type": "array"}}}}]}},
+    ))
 
     @field_validator("value")
     @classmethod
