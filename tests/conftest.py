@@ -45,7 +45,7 @@ REALCLOCK_MODULES = {
     "test_audience_cli", "test_clock", "test_dashboard_progress", "test_freeze_apply", "test_plan_cli",
     "test_plan_review", "test_providers_mock", "test_ratelimit_workers", "test_reliability_crash",
     "test_reliability_git", "test_reliability_load", "test_security_http", "test_security_linked",
-    "test_reliability_skew", "test_security_secrets", "test_hostile_daemon",
+    "test_reliability_skew", "test_security_secrets", "test_hostile_daemon", "test_deploy_daemon",
 }
 
 
