@@ -58,6 +58,7 @@ OUTPUT_LIMIT_BYTES = 4 * MAX_RENDERED_CHARS  # UTF-8 bytes: room for MAX_RENDERE
 LOCAL_NAMESPACE_LIMIT = 100_000
 RENDER_BUDGET_SECONDS = 0.5
 RENDER_WORKERS = 4
+MAX_FILTER_VALUE = 1_000_000  # characters of a string, or items of a list, any filter may produce
 
 
 class TemplateError(ValueError):
@@ -110,6 +111,46 @@ class _BoundedRange(RangeLiteral):
                                      f"{items.stop - items.start} items; the limit is {MAX_RANGE_ITEMS}",
                                      token=self.token)
         return items
+
+
+def _size(value: object) -> int:
+    return len(value) if isinstance(value, str | list | tuple | dict) else 0
+
+
+def _expected_size(name: str, left: object, args: tuple[Any, ...]) -> int:
+    """What `replace` and `join` would build, before they build it (the filters that multiply)."""
+    if name == "replace" and isinstance(left, str) and len(args) >= 2:
+        old, new = str(args[0]), str(args[1])
+        count = left.count(old) if old else len(left) + 1
+        return len(left) + count * max(0, len(new) - len(old))
+    if name == "join" and isinstance(left, list | tuple | range):
+        separator = str(args[0]) if args else " "
+        return len(left) * len(separator) + sum(len(str(item)) for item in left)
+    return 0
+
+
+class _BoundedFilter:
+    """A filter that checks the render budget, refuses to build a string or list larger than
+    MAX_FILTER_VALUE (checked beforehand for replace and join), and is otherwise the filter itself."""
+
+    def __init__(self, name: str, func: Any) -> None:
+        self._name = name
+        self._func = func
+
+    def __getattr__(self, attribute: str) -> Any:  # with_context, with_environment, validate
+        return getattr(self._func, attribute)
+
+    def __call__(self, left: object, *args: Any, **kwargs: Any) -> Any:
+        _check_budget()
+        expected = _expected_size(self._name, left, args)
+        if expected > MAX_FILTER_VALUE:
+            raise TemplateLimitError(f"{self._name} would build {expected} characters; the limit is "
+                                     f"{MAX_FILTER_VALUE}", token=None)
+        result = self._func(left, *args, **kwargs)
+        if _size(result) > MAX_FILTER_VALUE:
+            raise TemplateLimitError(f"{self._name} built a value of size {_size(result)}; the limit is "
+                                     f"{MAX_FILTER_VALUE}", token=None)
+        return result
 
 
 class _BudgetedOutput(LimitedStringIO):
@@ -174,6 +215,10 @@ class SandboxEnvironment(Environment):
     context_depth_limit = 30
     local_namespace_limit = LOCAL_NAMESPACE_LIMIT
     template_class = _SandboxTemplate
+
+    def setup_tags_and_filters(self, *, extra: bool = False) -> None:
+        super().setup_tags_and_filters(extra=extra)
+        self.filters = {name: _BoundedFilter(name, func) for name, func in self.filters.items()}
 
     def from_string(self, source: str, *args: Any, **kwargs: Any) -> BoundTemplate:
         template = super().from_string(source, *args, **kwargs)

@@ -62,6 +62,8 @@ def test_a_data_dependent_range_fails_only_the_user_whose_data_exceeds_it() -> N
     "Hi {{ (1..10000000) | sort | first }}",
     "{% for i in (1..100) %}{% for j in (1..100) %}{% for k in (1..100) %}x{% endfor %}{% endfor %}{% endfor %}",
     SLOW,
+    "{{ 'aaaaaaaaaa'" + " | replace: 'a', 'aaaaaaaaaa'" * 9 + " }}",  # 10 GB if built
+    "{{ user.first_name | split: '' | join: '" + "x" * 9000 + "' | split: '' | join: '" + "y" * 900 + "' }}",
 ])
 def test_send_time_limits_fail_the_message_quickly(body: str) -> None:
     started = time.monotonic()
