@@ -151,7 +151,10 @@ def test_global_frequency_cap_skips_the_second_message_of_the_day(world: DemoWor
     assert len(received(world)) == 1
 
 
-def test_a_dead_workers_claim_is_resent_once_with_the_same_key(world: DemoWorld) -> None:
+def test_a_dead_workers_claim_is_in_doubt_and_settled_by_the_groups_policy(world: DemoWorld) -> None:
+    """The worker may have sent before dying, so the row is in doubt at every provider of its group
+    (global: twilio-us, vonage-global, acme-sms). Twilio is asked first (not found); the others have no
+    lookup, so the group's default `inDoubt: skip` records it skipped with the reason — never resent."""
     store = world.engine.rt.store
     now = world.clock.now()
     ingest(world, {"user_id": "u00006", "name": "signed_up", "ts": now.isoformat()})
@@ -159,12 +162,17 @@ def test_a_dead_workers_claim_is_resent_once_with_the_same_key(world: DemoWorld)
     world.step(sync=False)
     assert received(world) == []  # still leased to the dead worker
     world.clock.advance(OUTBOX_LEASE + timedelta(seconds=1))
+    world.step(sync=False)  # re-claimed: in doubt, waits for Twilio's lookup delay
+    [waiting] = store.list_outbox(campaign="welcome")
+    assert waiting.status == "pending" and waiting.doubt is not None
+    world.clock.advance(timedelta(seconds=31))
     world.step(sync=False)
-    messages = received(world)
-    assert len(messages) == 1 and messages[0]["idempotency_key"] == claimed.idempotency_key
+    assert received(world) == []
     assert store.complete("dead-worker", []) == []
     [row] = store.list_outbox(campaign="welcome")
-    assert row.status == "sent" and row.claimed_by != "dead-worker"
+    assert row.id == claimed.id and row.status == "skipped" and row.doubt_settled == "skipped"
+    assert (row.skip_reason or "").startswith("in_doubt: may have been sent by vonage-global, acme-sms")
+    assert httpx.get(f"{world.mock_url}/_mock/stats").json()["providers"]["twilio"]["lookups"] == 1
 
 
 def test_a_late_purchase_does_not_cancel_a_newer_carts_timer(world: DemoWorld) -> None:
