@@ -149,11 +149,8 @@ def _handle_one(rt: Runtime, state: DesiredState, campaign: Campaign, event: Eve
 
 
 def skip_reason(action: Skip) -> str:
-    """`reason: detail` for an eventDate the trigger could not use (the label before the colon is counted)."""
-    text = action.reason
-    label = ("event_date_past" if "in the past" in text else
-             "event_date_outside_window" if "start/end" in text else "event_date_invalid")
-    return f"{label}: {text}"
+    """`code: detail` for an eventDate the trigger could not use (the code before the colon is counted)."""
+    return f"{action.code}: {action.reason}"
 
 
 def _cancel(rt: Runtime, action: CancelTimers) -> None:

@@ -54,18 +54,24 @@ def users(cohort: str, zones: tuple[str, ...], per_zone: int, first_index: int) 
 
 @contextmanager
 def world_with(tmp_path: Path, start: datetime, campaigns: dict[str, str],
-               people: list[dict[str, Any]]) -> Iterator[DemoWorld]:
+               people: list[dict[str, Any]], state_url: str | None = None) -> Iterator[DemoWorld]:
     source = tmp_path / "source"
     (source / "campaigns").mkdir(parents=True)
     shutil.copytree(ROOT / "providers", source / "providers")
     (source / "campaigns" / "settings.yaml").write_text(SETTINGS)
     for name, text in campaigns.items():
         (source / "campaigns" / f"{name}.yaml").write_text(text)
-    with demo_world(tmp_path / "world", population=1, start=start,
+    with demo_world(tmp_path / "world", population=1, start=start, state_url=state_url,
                     sources=[source / "providers", source / "campaigns"]) as world:
         world.engine.rt.audience.upsert_users([parse_user(u) for u in people], now=start)
         world.step()
         yield world
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def state_url(request: pytest.FixtureRequest) -> str | None:
+    """The world's state store: SQLite (the demo's default) or PostgreSQL (a fresh schema)."""
+    return None if request.param == "sqlite" else str(request.getfixturevalue("pg_dsn"))
 
 
 def ingest(world: DemoWorld, *events: dict[str, Any]) -> Counter[str]:
@@ -148,7 +154,8 @@ def test_fixed_zone_daily_limit_holds_on_one_local_day_with_two_runs(tmp_path: P
 
 
 @pytest.mark.parametrize("zone", ZONES)
-def test_event_date_daily_limit_counts_the_trigger_day_not_the_send_day(tmp_path: Path, zone: str) -> None:
+def test_event_date_daily_limit_counts_the_trigger_day_not_the_send_day(tmp_path: Path, zone: str,
+                                                                         state_url: str | None) -> None:
     """dailyLimit 2 on an eventDate campaign: reminders queued today for next week count for today; the
     third trigger of a local day is refused (recorded), the next local day — the same UTC day in some
     zones — has a full budget again, and every queued reminder goes out on its day."""
@@ -168,7 +175,7 @@ def test_event_date_daily_limit_counts_the_trigger_day_not_the_send_day(tmp_path
   message: {{body: "Your trip is tomorrow"}}
 """)
     people = users("trips", (zone,), 9, 3000)
-    with world_with(tmp_path, start, {"trips": trips}, people) as world:
+    with world_with(tmp_path, start, {"trips": trips}, people, state_url) as world:
         def book(index: int, at: datetime, departs: str = "2026-12-10") -> Counter[str]:
             world.clock.set(at)
             return ingest(world, {"user_id": f"trips-{3000 + index}", "name": "trip_booked", "ts": at.isoformat(),
@@ -215,11 +222,13 @@ FIRST_N = """  type: live
 """
 
 
-def test_first_n_completes_at_the_nth_message_and_resets_on_a_raised_limit_or_recreate(tmp_path: Path) -> None:
+def test_first_n_completes_at_the_nth_message_and_resets_on_a_raised_limit_or_recreate(
+        tmp_path: Path, state_url: str | None) -> None:
     start = datetime(2026, 12, 1, 12, 0, tzinfo=ZoneInfo("UTC"))
     people = users("firstn", ZONES, 4, 4000)
     ids = [p["id"] for p in people]
-    with world_with(tmp_path, start, {"firstn": campaign("firstn", FIRST_N.format(limit=2))}, people) as world:
+    with world_with(tmp_path, start, {"firstn": campaign("firstn", FIRST_N.format(limit=2))}, people,
+                    state_url) as world:
         store = world.engine.rt.store
         repo_dir = Path(world.repo.working_tree_dir or "")
         events = iter(range(100))

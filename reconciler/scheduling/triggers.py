@@ -83,6 +83,7 @@ class ScheduleAt:
 @dataclass(frozen=True)
 class Skip:
     reason: str
+    code: str = "skipped"  # the reason's label in reports and herald_skips_total (event_date_past, ...)
     kind: Literal["skip"] = "skip"
 
 
@@ -179,12 +180,14 @@ def _schedule_from_property(
     raw = properties.get(spec.property)
     wall = parse_event_wall(raw, zone)
     if wall is None:
-        return Skip(f"event property {spec.property!r} is not an ISO date/date-time or epoch seconds")
+        return Skip(f"event property {spec.property!r} is not an ISO date/date-time or epoch seconds",
+                    "event_date_invalid")
     send_at = event_date_send_at(wall, zone, spec.offset, spec.at)
     if send_at < now:
-        return Skip(f"computed send time {send_at.isoformat()} is in the past")
+        return Skip(f"computed send time {send_at.isoformat()} is in the past", "event_date_past")
     if not in_campaign_window(campaign, settings, send_at):
-        return Skip(f"computed send time {send_at.isoformat()} is outside the campaign's start/end")
+        return Skip(f"computed send time {send_at.isoformat()} is outside the campaign's start/end",
+                    "event_date_outside_window")
     return ScheduleAt(send_at, str(raw))
 
 
