@@ -32,6 +32,7 @@ crashed late): the message is recorded and the client sees the error.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import random
 import re
@@ -303,6 +304,38 @@ def _twilio_list(state: MockState) -> Callable[..., Any]:
     return endpoint
 
 
+def _twilio_fetch(state: MockState) -> Callable[..., Any]:
+    """GET /2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json: one Message resource, or Twilio's
+    20404 error (also for another account's message)."""
+    async def endpoint(request: Request) -> Response:
+        if not request.headers.get("authorization", "").startswith("Basic "):
+            return JSONResponse({"code": 20003, "message": "Authenticate", "status": 401}, status_code=401)
+        account, sid = request.path_params["account"], request.path_params["sid"]
+        with state.lock:
+            found = next((m for m in state.messages if m.provider_message_id == sid and m.account == account
+                          and m.type == "twilio"), None)
+        if found is None:
+            path = f"/2010-04-01/Accounts/{account}/Messages/{sid}.json"
+            return JSONResponse({"code": 20404, "message": f"The requested resource {path} was not found",
+                                 "more_info": "https://www.twilio.com/docs/errors/20404", "status": 404},
+                                status_code=404)
+        return JSONResponse(_twilio_message(found, state.clock()))
+
+    return endpoint
+
+
+def _vonage_basic(request: Request, form: dict[str, str]) -> dict[str, str]:
+    """The official SDK sends api_key:api_secret as HTTP Basic auth instead of form fields."""
+    header = request.headers.get("authorization", "")
+    if not header.startswith("Basic ") or form.get("api_key"):
+        return form
+    try:
+        key, _, secret = base64.b64decode(header[6:]).decode().partition(":")
+    except ValueError:
+        return form
+    return {**form, "api_key": key, "api_secret": secret}
+
+
 def _vonage_records(state: MockState) -> Callable[..., Any]:
     """GET /v2/reports/records (Vonage Reports API, synchronous): product=SMS, direction=outbound,
     account_id (the api_key the messages were sent with), date_start/date_end (ISO 8601, at most 24 h),
@@ -348,7 +381,7 @@ def _date_matches(message: Received, now: float, value: str, op: str) -> bool:
 
 
 async def _vonage(request: Request, raw: bytes, key: str | None) -> Handled:
-    form = await _form(request, raw)
+    form = _vonage_basic(request, await _form(request, raw))
 
     def error(status: str, text: str) -> Rejected:
         return Rejected(_json(200, {"message-count": "1", "messages": [{"status": status, "error-text": text}]}))
@@ -625,6 +658,7 @@ def create_app(state: MockState | None = None) -> Starlette:
         Route("/twilio/2010-04-01/Accounts/{account}/Messages.json", _handler("twilio", _twilio, state),
               methods=["POST"]),
         Route("/twilio/2010-04-01/Accounts/{account}/Messages.json", _twilio_list(state), methods=["GET"]),
+        Route("/twilio/2010-04-01/Accounts/{account}/Messages/{sid}.json", _twilio_fetch(state), methods=["GET"]),
         Route("/vonage/sms/json", _handler("vonage", _vonage, state), methods=["POST"]),
         Route("/vonage/v2/reports/records", _vonage_records(state), methods=["GET"]),
         Route("/msg91/api/v5/flow/", _handler("msg91", _msg91, state), methods=["POST"]),
