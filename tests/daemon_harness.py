@@ -231,8 +231,9 @@ class Mock:
 
 
 @contextlib.contextmanager
-def mock_provider(seed: int = 1) -> Iterator[Mock]:
-    state = MockState(seed=seed)
+def mock_provider(seed: int = 1, **options: Any) -> Iterator[Mock]:
+    clock = daemon_clock()  # the provider's clock is placed with the daemons' (HERALD_TEST_CLOCK_AT)
+    state = MockState(seed=seed, clock=lambda: clock.now().timestamp(), **options)
     with running_mock_server(state) as url:
         yield Mock(url, state)
 
