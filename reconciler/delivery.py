@@ -3,9 +3,9 @@
 Exactly-once rules:
 - A row is inserted (with its idempotency key) before anything is sent; sending needs a claim.
 - A claim is a lease: a worker that dies leaves its rows claimed until the lease ends, then any
-  worker re-claims them and sends again with the SAME idempotency key (header and provider client
-  reference), so a provider that deduplicates (the mock, and APIs that honour idempotency keys)
-  accepts it once. Only the claiming worker can record the outcome (`complete` checks claimed_by).
+  worker re-claims them — in doubt (below) — and anything resent carries the SAME idempotency key
+  (header and provider client reference). Only the claiming worker can record the outcome
+  (`complete` checks claimed_by).
 - Retryable failures (every provider of the group failed transiently) go back to the queue with
   backoff; after MAX_CLAIMS claims they are recorded as failed, never silently dropped.
 - An IN-DOUBT send (the provider may have accepted it: no answer after the request was written,
@@ -180,7 +180,7 @@ class DeliveryWorker:
                 wait_until[row.id] = verdict.retry_at or now
             else:
                 skipped.append((row, verdict.reason, verdict.doubt.to_json()))
-        await asyncio.to_thread(self._write_settled, found, waiting, wait_until, skipped)
+        await asyncio.to_thread(self._write_settled, campaign, found, waiting, wait_until, skipped)
         outcome.sent += len(found)
         outcome.settled["found"] += len(found)
         outcome.settled["skipped"] += len(skipped)
@@ -210,17 +210,30 @@ class DeliveryWorker:
         except TimeoutError:
             return doubt.Verdict("wait", open_doubt, retry_at=now + DEFER_DELAY, reason="lookup took too long")
 
-    def _write_settled(self, found: list[SendResult], waiting: dict[int, str], wait_until: dict[int, datetime],
-                       skipped: list[tuple[OutboxRow, str, str]]) -> None:
+    def _write_settled(self, campaign: Campaign, found: list[SendResult], waiting: dict[int, str],
+                       wait_until: dict[int, datetime], skipped: list[tuple[OutboxRow, str, str]]) -> None:
+        """Write the in-doubt rows settled without a send (found, waiting, skipped) and audit them."""
         store = self.rt.store
-        if found:
-            store.complete(self.rt.worker_id, found)
+        if found and store.complete(self.rt.worker_id, found):
+            by_provider: dict[str, int] = defaultdict(int)
+            for result in found:
+                by_provider[f"{result.provider}:sent"] += 1
+            store.append_audit([audit.audit_record(
+                audit.SEND, at=self.rt.clock.now(), actor=self.rt.actor, kind="Campaign", name=campaign.name,
+                details={"messages": len(found), "by_provider_status": dict(by_provider),
+                         "in_doubt": "found at the provider by lookup; not resent"})])
         for retry_at in sorted(set(wait_until.values())):
             store.release_in_doubt(self.rt.worker_id, {i: d for i, d in waiting.items() if wait_until[i] == retry_at},
                                    retry_at=retry_at)
-        for row, reason, record in skipped:
-            if store.skip_in_doubt(self.rt.worker_id, [row.id], redact(reason), doubt=record):
-                self.rt.metrics.skips.labels(reason="in_doubt").inc()
+        written = [row for row, reason, record in skipped
+                   if store.skip_in_doubt(self.rt.worker_id, [row.id], redact(reason), doubt=record)]
+        if written:
+            self.rt.metrics.skips.labels(reason="in_doubt").inc(len(written))
+            store.append_audit([audit.audit_record(
+                audit.SKIP, at=self.rt.clock.now(), actor=self.rt.actor, kind="Campaign", name=campaign.name,
+                details={"messages": len(written), "reason": redact(skipped[0][1]),
+                         "users": [r.user_id for r in written[:20]],
+                         "runs": sorted({r.run_id for r in written if r.run_id is not None})})])
 
     async def _send(self, campaign: Campaign, ready: list[tuple[OutboxRow, Rendered]],
                     messages: list[OutboundMessage], outcome: BatchOutcome, deadline: float | None, *,
@@ -368,6 +381,7 @@ class DeliveryWorker:
             outcome.in_doubt += len(doubtful)
         final = [*early, *fresh]
         for row in retry:
+            self._settling.pop(row.id, None)  # released: its doubt (if any) is settled on a later claim
             result = by_key[row.idempotency_key]
             if result.attempts == 0:  # deferred; with every circuit open, until one lets a probe through
                 backoff = max(DEFER_DELAY, timedelta(seconds=result.retry_after or 0))

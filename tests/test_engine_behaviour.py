@@ -173,6 +173,8 @@ def test_a_dead_workers_claim_is_in_doubt_and_settled_by_the_groups_policy(world
     assert row.id == claimed.id and row.status == "skipped" and row.doubt_settled == "skipped"
     assert (row.skip_reason or "").startswith("in_doubt: may have been sent by vonage-global, acme-sms")
     assert httpx.get(f"{world.mock_url}/_mock/stats").json()["providers"]["twilio"]["lookups"] == 1
+    [skip] = store.query_audit(AuditQuery(name="welcome", actions=["skip"]))
+    assert skip.details["messages"] == 1 and skip.details["reason"].startswith("in_doubt:")
 
 
 def test_a_late_purchase_does_not_cancel_a_newer_carts_timer(world: DemoWorld) -> None:
