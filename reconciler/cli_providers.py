@@ -72,15 +72,21 @@ def test_send(paths: tuple[str, ...], provider: str | None, group: str | None, t
 @click.option("--port", default=8765, show_default=True, type=int)
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def mock_provider(host: str, port: int, log_level: str) -> None:
+@click.option("--dedupe", is_flag=True,
+              help="Behave as an idempotent provider: replay the first answer to a repeated Idempotency-Key "
+                   "and drop requests whose client hung up (default: like the real APIs, neither).")
+@click.option("--visibility-delay", default=0.0, show_default=True, type=click.FloatRange(0, 3600),
+              help="Seconds before a taken message shows in the providers' lookups (Twilio's Message list).")
+def mock_provider(host: str, port: int, log_level: str, dedupe: bool, visibility_delay: float) -> None:
     """Run the mock provider server (every provider's API under /{type}/…, control under /_mock/).
 
     Point Herald at it with HERALD_PROVIDER_BASE_URL=http://HOST:PORT.
     """
-    from .providers.mock_server import serve
+    from .providers.mock_server import MockState, serve
 
     click.echo(f"mock provider on http://{host}:{port} (HERALD_PROVIDER_BASE_URL=http://{host}:{port})", err=True)
-    serve(host=host, port=port, log_level=log_level)
+    serve(host=host, port=port, log_level=log_level,
+          state=MockState(dedupe=dedupe, finish_abandoned=not dedupe, visibility_delay=visibility_delay))
 
 
 @click.command("receipt-urls")

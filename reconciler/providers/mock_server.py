@@ -676,11 +676,12 @@ def create_app(state: MockState | None = None) -> Starlette:
 
 # -- running it -----------------------------------------------------------------------------
 
-def serve(host: str = "127.0.0.1", port: int = 8765, log_level: str = "warning") -> None:
+def serve(host: str = "127.0.0.1", port: int = 8765, log_level: str = "warning",
+          state: MockState | None = None) -> None:
     """Run in the foreground (herald mock-provider)."""
     import uvicorn
 
-    uvicorn.run(create_app(), host=host, port=port, log_level=log_level, access_log=False, lifespan="off",
+    uvicorn.run(create_app(state), host=host, port=port, log_level=log_level, access_log=False, lifespan="off",
                 backlog=4096, timeout_keep_alive=30)
 
 
