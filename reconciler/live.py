@@ -170,10 +170,10 @@ def enqueue_live(rt: Runtime, state: DesiredState, campaign: Campaign, member: M
     applied = rt.store.get_object("Campaign", campaign.name)
     if applied is None:
         return "campaign_inactive"
+    if not user_in_audience(rt.audience, campaign, state, member.user_id, now):
+        return "not_in_audience"  # not a refusal: the campaign was never for this user
     if completed_at(rt.store, campaign, applied) is not None:
         return refuse(rt, state, campaign, member, key=key, event=event, reason="campaign_completed")
-    if not user_in_audience(rt.audience, campaign, state, member.user_id, now):
-        return "not_in_audience"
     day = limit_day(campaign, state.settings, member.timezone, now)
     allowance = _allowance(rt.store, campaign, applied, day)
     if allowance.complete:
