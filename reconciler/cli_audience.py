@@ -21,6 +21,7 @@ from .audience.reach import (
     safety_check,
     select_audience,
 )
+from .audience.readers import open_for_reading
 from .audience.records import RecordError, parse_timestamp
 from .audience.semantics import PredicateError
 from .audience.store import AudienceStore, AudienceStoreError, open_audience_store
@@ -60,8 +61,8 @@ def _open_store(url: str, *, must_exist: bool) -> Iterator[AudienceStore]:
         if path not in ("", ":memory:") and not Path(path).exists():
             raise click.ClickException(f"no audience store at {path}: run 'herald ingest users FILE' first, "
                                        "set HERALD_AUDIENCE_URL, or pass --snapshot")
-    try:
-        store = open_audience_store(url)
+    try:  # a read beside a running daemon reads its snapshot (reconciler.audience.readers)
+        store = open_for_reading(url) if must_exist else open_audience_store(url)
     except AudienceStoreError as exc:
         raise click.ClickException(redact(str(exc))) from None
     try:

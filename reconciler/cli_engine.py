@@ -110,9 +110,11 @@ def run(repo: str, branch: str, paths: tuple[str, ...], host: str, port: int, po
 def report(campaign: str | None, fmt: str, state_url: str | None, audience_url: str | None) -> None:
     """Runs, targeted, sent, delivered, failed, skipped, expired and converted per campaign."""
     from .apply import desired_from_applied
-    from .audience.store import open_audience_store
+    from .audience.readers import open_for_reading
+    from .audience.store import AudienceStoreError
     from .clock import SystemClock
     from .report import build_report, report_json, report_table
+    from .secrets import redact
     from .store import StoreNotFoundError, open_state_store
 
     env = RuntimeConfig.from_env()
@@ -121,7 +123,11 @@ def report(campaign: str | None, fmt: str, state_url: str | None, audience_url: 
     except StoreNotFoundError:
         raise click.ClickException("no state store yet: nothing has been applied (see `herald apply`)") from None
     audience_path = audience_url or env.audience_url
-    audience = open_audience_store(audience_path) if _exists(audience_path) else None
+    try:  # beside a running daemon: its snapshot of the store (reconciler.audience.readers)
+        audience = open_for_reading(audience_path) if _exists(audience_path) else None
+    except AudienceStoreError as exc:
+        store.close()
+        raise click.ClickException(redact(str(exc))) from None
     try:
         state = desired_from_applied(store.applied_state())
         if campaign and campaign not in state.campaigns and not store.list_runs(campaign=campaign, limit=1):

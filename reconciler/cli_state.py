@@ -100,10 +100,14 @@ def _reach_estimator(enabled: bool) -> ReachEstimator | None:
     if not enabled:
         return None
     from .audience.reach import select_audience
-    from .audience.store import open_audience_store
+    from .audience.readers import open_for_reading
+    from .audience.store import AudienceStoreError
     from .models import Campaign
 
-    audience = open_audience_store(RuntimeConfig.from_env().audience_url)
+    try:  # beside a running daemon: its snapshot of the store
+        audience = open_for_reading(RuntimeConfig.from_env().audience_url)
+    except AudienceStoreError as exc:
+        _fail(str(exc), 2)
     now = SystemClock().now()
 
     def estimate(campaign: Campaign, state: DesiredState) -> int | None:

@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from . import consent
+from .audience.readers import duckdb_path, snapshot_path
 from .audience.records import EventRecord
 from .engine import LAST_ERROR_KEY, Engine
 from .health import health_report
@@ -65,6 +66,7 @@ class Daemon:
         self.sync_now = asyncio.Event()
         self.started = asyncio.Event()
         self._last_sync: float | None = None  # None: sync at the first step, whatever the loop clock reads
+        self._snapshot_lock = asyncio.Lock()
         self.public = PublicUrl(base=normalize_public_url(options.public_base_url),
                                 trusted=parse_networks(options.trusted_proxies))
         self.app = Starlette(routes=self.routes(), middleware=[Middleware(RequestTargetGuard)])
@@ -78,6 +80,7 @@ class Daemon:
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/webhook/git", self.git_webhook, methods=["POST"]),
             Route("/admin/sync", self.admin_sync, methods=["POST"]),
+            Route("/v1/audience/snapshot", self.audience_snapshot, methods=["POST"]),
             *event_routes(rt.audience, token=rt.config.admin_token, clock=rt.clock, on_events=self.on_events),
             *receipt_routes(self.engine.state, rt.store, clock=rt.clock, public=self.public,
                             on_receipt=self.on_receipt),
@@ -132,6 +135,24 @@ class Daemon:
             return unauthorized()
         self.sync_now.set()
         return JSONResponse({"status": "sync scheduled"}, status_code=202)
+
+    async def audience_snapshot(self, request: Request) -> Response:
+        """A consistent copy of the embedded (DuckDB) audience store for read commands in other
+        processes (reconciler.audience.readers); 404 for stores others can open themselves."""
+        if not bearer_token_ok(request, self.engine.rt.config.admin_token):
+            return unauthorized()
+        audience = self.engine.rt.audience
+        path = duckdb_path(self.engine.rt.config.audience_url)
+        if path is None or not hasattr(audience, "snapshot_to"):
+            return JSONResponse({"error": "the audience store can be read directly"}, status_code=404)
+        target = os.path.abspath(snapshot_path(path))
+        try:
+            async with self._snapshot_lock:
+                await asyncio.to_thread(audience.snapshot_to, target)
+        except Exception as exc:
+            LOG.error("audience snapshot failed: %s", type(exc).__name__)
+            return JSONResponse({"error": "snapshot failed"}, status_code=503)
+        return JSONResponse({"path": target, "at": self.engine.rt.clock.now().isoformat()})
 
     async def on_receipt(self, provider: str, receipt: Receipt) -> None:
         """Consent: a receipt whose error code means "opted out" (Twilio 21610) opts the recipient out."""

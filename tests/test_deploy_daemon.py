@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 from daemon_harness import (
+    ADMIN_TOKEN,
     ROOT,
     DaemonProcess,
     Mock,
@@ -157,3 +160,45 @@ def test_bad_public_url_and_proxy_list_are_usage_errors(tmp_path: Path) -> None:
                                  "--state", f"sqlite:///{tmp_path / 's.db'}"],
                                 capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+
+
+def _cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "reconciler.cli", *args], capture_output=True, text=True,
+                          timeout=120, cwd=cwd, env=env, check=False)
+
+
+def test_read_commands_beside_a_running_daemon_on_the_embedded_store(tmp_path: Path, mock: Mock) -> None:
+    """`herald report`, `reach`, `audit` and `optouts` while `herald run` holds the DuckDB file: read
+    through the daemon's snapshot with the admin token; without it a clear message, never a traceback."""
+    repo = write_repo(tmp_path / "repo", standard_files())
+    ingest(f"duckdb:///{tmp_path / 'audience.duckdb'}", population(USERS))
+    daemon = _daemon(tmp_path, mock, str(tmp_path / "repo"), "127.0.0.1/32", "reader")
+    daemon.start()
+    try:
+        daemon.wait_healthy()
+        schedule_soon(repo, daemon, lambda when: {"campaigns/blast.yaml": standard_files(when)["campaigns/blast.yaml"]})
+        wait_for(lambda: mock.accepted() >= USERS, 60, "the campaign's sends", on_timeout=daemon.log_tail)
+        base = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+        stores = {"HERALD_STATE_URL": daemon.state_url, "HERALD_AUDIENCE_URL": daemon.audience_url}
+        env = {**base, **stores, "HERALD_ADMIN_TOKEN": ADMIN_TOKEN, "HERALD_DAEMON_URL": daemon.base_url}
+        report = _cli("report", "--format", "json", env=env, cwd=tmp_path)
+        assert report.returncode == 0 and "Traceback" not in report.stderr, report.stderr
+        assert '"blast"' in report.stdout
+        reach = _cli("reach", "blast", str(tmp_path / "repo" / "providers"), str(tmp_path / "repo" / "campaigns"),
+                     "--format", "json", env=env, cwd=tmp_path)
+        assert reach.returncode == 0, reach.stderr
+        assert json.loads(reach.stdout)["qualified"] == USERS
+        audit = _cli("audit", "--campaign", "blast", env=env, cwd=tmp_path)
+        assert audit.returncode == 0 and "send" in audit.stdout, audit.stderr
+        optouts = _cli("optouts", env=env, cwd=tmp_path)
+        assert optouts.returncode == 0 and optouts.stdout.startswith("at,phone"), optouts.stderr
+
+        no_token = {**base, **stores}
+        refused = _cli("report", env=no_token, cwd=tmp_path)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+        assert "HERALD_ADMIN_TOKEN" in refused.stderr and "herald run" in refused.stderr
+        wrong = _cli("reach", "blast", str(tmp_path / "repo" / "campaigns"), str(tmp_path / "repo" / "providers"),
+                     env={**no_token, "HERALD_ADMIN_TOKEN": "wrong", "HERALD_DAEMON_URL": daemon.base_url}, cwd=tmp_path)
+        assert wrong.returncode == 1 and "HTTP 401" in wrong.stderr and "Traceback" not in wrong.stderr
+    finally:
+        assert daemon.terminate() == 0, daemon.log_tail()

@@ -233,6 +233,26 @@ class DuckDBAudienceStore(AudienceStore):
         finally:
             os.unlink(path)
 
+    def snapshot_to(self, path: str) -> None:
+        """Write a consistent copy of the whole store to `path` (replaced atomically), for readers in
+        other processes while this one holds the file: DuckDB lets one process open it at a time."""
+        staging = f"{path}.partial"
+        for leftover in (staging, f"{staging}.wal"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+        with self._lock:
+            cursor = self._con.cursor()
+            try:
+                source = cursor.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+                cursor.execute("ATTACH ? AS herald_snapshot", [staging])
+                try:
+                    cursor.execute(f'COPY FROM DATABASE "{source}" TO herald_snapshot')
+                finally:
+                    cursor.execute("DETACH herald_snapshot")
+            finally:
+                cursor.close()
+        os.replace(staging, path)
+
     def execute_script(self, sql: str, params: list[Any] | None = None) -> None:
         """Run raw SQL (benchmarks and tests generate bulk data with it)."""
         cursor = self._cursor()
