@@ -26,6 +26,14 @@ spec:
 """
 
 
+SETTINGS = """apiVersion: herald/v1
+kind: Settings
+metadata: {name: global}
+spec:
+  secrets: {allow: [ACME_API_KEY, DLT_GATEWAY_TOKEN]}  # the example providers' header secrets
+"""
+
+
 def test_rate_limited_provider_is_never_exceeded_by_the_engine_workers(tmp_path: Path) -> None:
     source = tmp_path / "source"
     shutil.copytree(ROOT / "providers", source / "providers")
@@ -34,6 +42,7 @@ def test_rate_limited_provider_is_never_exceeded_by_the_engine_workers(tmp_path:
                                                  f"rateLimit: {{messagesPerSecond: {RATE}, burst: 1}}"))
     (source / "campaigns").mkdir()
     (source / "campaigns" / "welcome.yaml").write_text(WELCOME)
+    (source / "campaigns" / "settings.yaml").write_text(SETTINGS)
     start = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
     with demo_world(tmp_path / "world", population=15, start=start,
                     sources=[source / "providers", source / "campaigns"]) as world:
