@@ -403,9 +403,10 @@ class DeliveryWorker:
         provider has none: the group's policy decides on the next claim)."""
         by_time: dict[datetime, dict[int, str]] = defaultdict(dict)
         for row, result in doubtful:
-            self._settling.pop(row.id, None)
+            settling = self._settling.pop(row.id, None)  # a resend of an in-doubt row: keep that doubt too
+            previous = doubt.Doubt.from_json(settling[1] if settling else row.doubt)
             self.rt.metrics.sends.labels(provider=result.provider or "none", status="in_doubt").inc()
-            record = doubt.sent_in_doubt(result.provider, started, now, result.error or "no answer")
+            record = doubt.sent_in_doubt(result.provider, started, now, result.error or "no answer", previous)
             delay = self.router.lookup_delay(result.provider) if result.provider else 0.0
             by_time[now + max(DEFER_DELAY, timedelta(seconds=delay))][row.id] = record.to_json()
         for retry_at, doubts in by_time.items():

@@ -86,8 +86,16 @@ def doubt_of(row: OutboxRow, group: ProviderGroup | None, now: datetime) -> Doub
     return Doubt(providers, since, now, "a previous claim ended without a record (worker crash or lost lease)")
 
 
-def sent_in_doubt(provider: str | None, since: datetime, until: datetime, reason: str) -> Doubt:
-    return Doubt((provider,) if provider else (), since, until, reason)
+def sent_in_doubt(provider: str | None, since: datetime, until: datetime, reason: str,
+                  previous: Doubt | None = None) -> Doubt:
+    """The doubt a resend (or first send) left at `provider`. A previous doubt the resend followed
+    stays part of it: a provider without lookup can never be cleared (failover must not go back to
+    it), and looking up a provider again over the wider window is harmless."""
+    new = Doubt((provider,) if provider else (), since, until, reason)
+    if previous is None:
+        return new
+    providers = tuple(dict.fromkeys((*new.providers, *previous.providers)))
+    return Doubt(providers, min(since, previous.since), until, reason)
 
 
 async def settle(router: GroupRouter, group: ProviderGroup | None, message: OutboundMessage, doubt: Doubt,
