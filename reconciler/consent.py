@@ -64,15 +64,17 @@ def settings_of(state: DesiredState | None) -> ConsentSettings:
     return settings.spec.consent if settings is not None else ConsentSettings()
 
 
-def normalize_phone(raw: str | None) -> str | None:
-    """E.164 from what providers post: '+14155550100', '14155550100' (Vonage msisdn), '+1 (415) …'."""
+def normalize_phone(raw: str | None, region: str | None = None) -> str | None:
+    """E.164 from what providers post: '+14155550100', '14155550100' (Vonage msisdn), '+1 (415) …',
+    and, given the provider's `region`, national numbers with a trunk prefix ('09876543210', Exotel)."""
     if not raw:
         return None
     text = raw.strip()
-    if not text.startswith("+"):
+    national = region is not None and text.startswith("0") and not text.startswith("00")
+    if not text.startswith("+") and not national:
         text = "+" + text.lstrip("0")
     try:
-        parsed = phonenumbers.parse(text, None)
+        parsed = phonenumbers.parse(text, region if national else None)
     except phonenumbers.NumberParseException:
         return None
     if not phonenumbers.is_possible_number(parsed):

@@ -160,3 +160,9 @@ def test_configured_keywords_and_language_replies() -> None:
 ])
 def test_sender_numbers_normalized(raw: str, e164: str | None) -> None:
     assert consent.normalize_phone(raw) == e164
+
+
+def test_national_numbers_with_a_trunk_zero_need_the_providers_region() -> None:
+    assert consent.normalize_phone("09876543210", "IN") == "+919876543210"  # Exotel's shape
+    assert consent.normalize_phone("+14155550101", "IN") == "+14155550101"
+    assert consent.normalize_phone("919876543210", "IN") == "+919876543210"

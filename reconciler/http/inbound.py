@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from .. import consent
-from ..models.provider import GenericHttpSpec, TwilioSpec, VonageSpec
+from ..models.provider import ExotelSpec, GenericHttpSpec, Msg91Spec, NetcoreSpec, TwilioSpec, VonageSpec
 from ..secrets import SecretError, redact
 from .proxies import PublicUrl
 from .receipts import (
@@ -52,6 +52,7 @@ EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 WORD_FROM = ("sender", "mobile", "number", "msisdn", "from")
 WORD_TEXT = ("message", "text", "content", "body", "keyword")
 MAX_CONSENT_BODY = 16_384
+NATIONAL_REGION = {ExotelSpec: "IN", Msg91Spec: "IN", NetcoreSpec: "IN"}  # numbers posted with a trunk 0
 
 
 async def parse_inbound(ctx: _Context, request: Request, state: DesiredState) -> consent.InboundMessage:
@@ -79,7 +80,7 @@ async def parse_inbound(ctx: _Context, request: Request, state: DesiredState) ->
         sender, text = _first(params, *from_fields), _first(params, *text_fields)
         recipient = _first(params, "to", "recipient", "shortcode", "longcode")
         message_id = _first(params, "SmsSid", "messageId", "message_id", "id", "requestId")
-    phone = consent.normalize_phone(sender)
+    phone = consent.normalize_phone(sender, NATIONAL_REGION.get(type(spec)))
     if phone is None:
         raise Malformed("the sender's number is missing or not a phone number")
     if text is None:
