@@ -32,6 +32,7 @@ from .engine import LAST_ERROR_KEY, Engine
 from .health import health_report
 from .http.events import event_routes
 from .http.inbound import inbound_routes
+from .http.openapi import openapi_endpoint
 from .http.proxies import PublicUrl, normalize_public_url, parse_networks
 from .http.receipts import Receipt, receipt_routes
 from .http.security import (
@@ -80,6 +81,7 @@ class Daemon:
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/webhook/git", self.git_webhook, methods=["POST"]),
             Route("/admin/sync", self.admin_sync, methods=["POST"]),
+            Route("/openapi.json", openapi_endpoint, methods=["GET"]),
             Route("/v1/audience/snapshot", self.audience_snapshot, methods=["POST"]),
             *event_routes(rt.audience, token=rt.config.admin_token, clock=rt.clock, on_events=self.on_events),
             *receipt_routes(self.engine.state, rt.store, clock=rt.clock, public=self.public,

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
 from ..audience.records import MAX_EVENT_NAME_LENGTH, MAX_ID_LENGTH
 from .events import MAX_EVENT_BODY_BYTES, MAX_IDEMPOTENCY_KEY_LENGTH, MAX_ITEMS_PER_REQUEST
 
@@ -97,17 +100,30 @@ def _paths() -> dict[str, Any]:
             "responses": {"202": {"description": "A sync was scheduled.", "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/SyncScheduled"}}}},
                 "400": _BAD_TARGET, "401": _error("Missing or wrong bearer token."), "405": _METHOD}}},
+        "/v1/audience/snapshot": {"post": {
+            "summary": "Snapshot the embedded audience store",
+            "description": "A consistent copy of the DuckDB audience store, for read commands in other "
+                           "processes; 404 when the store can be read directly (PostgreSQL).",
+            "security": [{"bearerAuth": []}],
+            "responses": {"200": {"description": "Written.", "content": {"application/json": {"schema": {
+                "type": "object", "required": ["path", "at"], "properties": {
+                    "path": {"type": "string"}, "at": {"type": "string", "format": "date-time"}}}}}},
+                "400": _BAD_TARGET, "401": _error("Missing or wrong bearer token."),
+                "404": _error("The audience store can be read directly."), "405": _METHOD,
+                "503": _error("The snapshot failed.")}}},
         "/v1/events": {"post": events},
         "/v1/users": {"post": _ingest("Create or update users", "User", "UsersAccepted")},
         "/receipts/{provider}": {
-            "parameters": [{"name": "provider", "in": "path", "required": True,
-                            "description": "Name of a Provider document.", "schema": {"type": "string"}}],
+            "parameters": [_PROVIDER],
             "get": _receipt("Delivery receipt (query parameters)"),
-            "post": {**_receipt("Delivery receipt (form or JSON body)"), "requestBody": {
-                "required": False, "content": {
-                    "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
-                    "application/json": {"schema": {}}}}},
+            "post": {**_receipt("Delivery receipt (form or JSON body)"), "requestBody": _CALLBACK_BODY},
         },
+        "/inbound/{provider}": {
+            "parameters": [_PROVIDER],
+            "get": _inbound("Inbound reply (query parameters)"),
+            "post": {**_inbound("Inbound reply (form or JSON body)"), "requestBody": _CALLBACK_BODY},
+        },
+        "/v1/consent": {"post": _consent()},
         "/openapi.json": {"get": {
             "summary": "This description",
             "responses": {"200": {"description": "OpenAPI 3.1 document.",
@@ -116,13 +132,65 @@ def _paths() -> dict[str, Any]:
     }
 
 
+_PROVIDER = {"name": "provider", "in": "path", "required": True, "description": "Name of a Provider document.",
+             "schema": {"type": "string"}}
+_CALLBACK_BODY = {"required": False, "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object"}},
+                                                  "application/json": {"schema": {}}}}
+_TOKEN = {"name": "token", "in": "query", "required": False, "schema": {"type": "string"},
+          "description": "Per-provider token (providers that do not sign; `herald receipt-urls`)."}
+
+
+def _inbound(summary: str) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "description": "A provider's message-received webhook: STOP/START/HELP keywords change consent and "
+                       "are answered through the same provider. Verified like receipts.",
+        "parameters": [_TOKEN],
+        "responses": {
+            "200": {"description": "Handled: empty TwiML for Twilio, OK for others.",
+                    "content": {"text/xml": {"schema": {"type": "string"}}, **_TEXT}},
+            "204": {"description": "Handled (Vonage)."},
+            "400": {"description": "Malformed message or request target.", "content": {**_TEXT, **_JSON_ERROR}},
+            "403": {"description": "Forged or missing signature or token.", "content": _TEXT},
+            "404": {"description": "No provider of that name.", "content": _TEXT},
+            "405": _METHOD,
+            "503": {"description": "Not handled (store down) or verification not configured; the provider "
+                                   "retries.", "content": _TEXT},
+        },
+    }
+
+
+def _consent() -> dict[str, Any]:
+    short = {"type": "string", "minLength": 1, "maxLength": 320}
+    body = {"type": "object", "required": ["opted_out"], "properties": {
+        "phone": short, "user_id": short, "message": {"type": "string", "maxLength": 320},
+        "opted_out": {"type": "boolean"}},
+        "anyOf": [{"required": ["phone"]}, {"required": ["user_id"]}]}
+    recorded = {"type": "object", "required": ["status", "opted_out", "source", "at"], "properties": {
+        "status": {"const": "recorded"}, "phone": {"type": ["string", "null"]},
+        "users": {"type": "array", "items": {"type": "string"}}, "opted_out": {"type": "boolean"},
+        "source": {"type": "string"}, "message": {"type": ["string", "null"]},
+        "provider": {"type": ["string", "null"]}, "at": {"type": "string", "format": "date-time"}}}
+    return {
+        "summary": "Record a consent change from another system",
+        "security": [{"bearerAuth": []}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "responses": {
+            "200": {"description": "Recorded (source api).", "content": {"application/json": {"schema": recorded}}},
+            "400": _error("Not a JSON object, a missing or bad field, or a phone that is not a number."),
+            "401": _error("Missing or wrong bearer token."),
+            "405": _METHOD,
+            "503": _error("The store is unavailable; retry later."),
+        },
+    }
+
+
 def _receipt(summary: str) -> dict[str, Any]:
     return {
         "summary": summary,
         "description": "The provider's status callback. Twilio and Vonage (with a signatureSecret) sign it; "
                        "other providers call a URL with `?token=` (`herald receipt-urls`).",
-        "parameters": [{"name": "token", "in": "query", "required": False, "schema": {"type": "string"},
-                        "description": "Per-provider receipt token (providers that do not sign)."}],
+        "parameters": [_TOKEN],
         "responses": {
             "200": {"description": "Recorded (or not ours): the provider's usual success answer.", "content": _TEXT},
             "204": {"description": "Recorded (providers that expect no body)."},
@@ -196,7 +264,13 @@ def openapi_document() -> dict[str, Any]:
         "openapi": OPENAPI_VERSION,
         "info": {"title": "Herald daemon", "version": "1",
                  "description": "HTTP API of `herald run`: health, metrics, git webhook, admin sync, live "
-                                "ingest of users and events, and provider delivery receipts."},
+                                "ingest of users and events, consent, and the providers' delivery receipts "
+                                "and inbound replies. The dashboard (/dashboard) is HTML and not described."},
         "paths": _paths(),
         "components": _components(),
     }
+
+
+async def openapi_endpoint(request: Request) -> Response:
+    """GET /openapi.json: the same document `herald schema` checks in as schemas/openapi.json."""
+    return JSONResponse(openapi_document())

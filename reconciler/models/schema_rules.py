@@ -2,8 +2,8 @@
 
 The models stay the authority: these fragments only describe, in standard JSON Schema keywords
 (`oneOf`, `anyOf`, `not`, `if`/`then`), what a model validator enforces, so an editor reports the
-mistake while it is typed. A field counts as given when it is present and not null (the models
-treat an explicit null like an absent key).
+mistake while it is typed, on the line of the field at fault where the rule allows. A field counts as
+given when it is present and not null (the models treat an explicit null like an absent key).
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ def any_of(*fields: str) -> JsonSchema:
 
 
 def none_of(*fields: str) -> JsonSchema:
-    return {"not": {"anyOf": [given(field) for field in fields]}}
+    """None of `fields` may appear. Said per field (`false`), so an editor marks the field's own line
+    ("Property day is not allowed"); stricter than the models only for an explicit null."""
+    return {"type": "object", "properties": {field: False for field in fields}}
 
 
 def when(field: str, values: list[Any], then: JsonSchema, *, default_matches: bool = False) -> JsonSchema:
