@@ -96,6 +96,7 @@ class Received:
     segments: int = 1
     account: str = ""  # the account it was sent on (Twilio, Exotel: the path's AccountSid)
     visible_at: float = 0.0  # when the provider's lookup starts showing it
+    arrived_at: float = 0.0  # the real wall clock at arrival (rates are measured on it; received_at follows `clock`)
 
 
 @dataclass
@@ -165,6 +166,7 @@ class MockState:
         now = self.clock()
         for message in received:
             message.received_at, message.visible_at = now, now + self.visibility_delay
+            message.arrived_at = time.time()
         with self.lock:
             self.messages.extend(received)
             for message in received:
