@@ -123,6 +123,18 @@ def record_change(rt: Runtime, *, phone: str | None, opted_out: bool, source: So
     return change
 
 
+def record_ingested(rt: Runtime, changes: Sequence[tuple[str, str | None, bool]]) -> list[ConsentChange]:
+    """Audit consent changes that arrived with user records (the store already holds them)."""
+    now = rt.clock.now()
+    recorded = [ConsentChange(phone, (user_id,), opted_out, "ingest", now, "user record")
+                for user_id, phone, opted_out in changes]
+    if recorded:
+        rt.store.append_audit([audit.audit_record(
+            CONSENT, at=now, actor=rt.actor, kind="Consent", name=c.phone or c.user_ids[0], details=c.details())
+            for c in recorded])
+    return recorded
+
+
 def user_language(audience: AudienceStore, user_ids: Sequence[str]) -> str | None:
     for user_id in user_ids:
         member = audience.get_user(user_id)

@@ -83,7 +83,8 @@ class Daemon:
             Route("/admin/sync", self.admin_sync, methods=["POST"]),
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
             Route("/v1/audience/snapshot", self.audience_snapshot, methods=["POST"]),
-            *event_routes(rt.audience, token=rt.config.admin_token, clock=rt.clock, on_events=self.on_events),
+            *event_routes(rt.audience, token=rt.config.admin_token, clock=rt.clock, on_events=self.on_events,
+                          on_consent=self.on_consent),
             *receipt_routes(self.engine.state, rt.store, clock=rt.clock, public=self.public,
                             on_receipt=self.on_receipt),
             *inbound_routes(self.engine.state, rt, router=self.engine.router, public=self.public),
@@ -155,6 +156,10 @@ class Daemon:
             LOG.error("audience snapshot failed: %s", type(exc).__name__)
             return JSONResponse({"error": "snapshot failed"}, status_code=503)
         return JSONResponse({"path": target, "at": self.engine.rt.clock.now().isoformat()})
+
+    async def on_consent(self, changes: list[tuple[str, str | None, bool]]) -> None:
+        """Opt-outs and opt-ins that arrived with user records (POST /v1/users): audited, source ingest."""
+        await asyncio.to_thread(consent.record_ingested, self.engine.rt, changes)
 
     async def on_receipt(self, provider: str, receipt: Receipt) -> None:
         """Consent: a receipt whose error code means "opted out" (Twilio 21610) opts the recipient out."""

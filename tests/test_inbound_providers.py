@@ -166,3 +166,25 @@ async def _without_public(world: World, provider: str) -> dict[str, str]:
         adapter = build_adapter(world.state.providers[provider], client, RuntimeConfig())
         sent = adapter.build_request([OutboundMessage("k1", "+919876543210", "hello")])
     return {k: v[0] for k, v in parse_qs(sent.content.decode()).items()}
+
+
+def test_opt_outs_arriving_with_user_records_are_audited_as_ingest(world: World) -> None:
+    """POST /v1/users with opted_out / subscribed: only real changes are recorded (source ingest)."""
+    from reconciler.http.events import event_routes
+
+    async def on_consent(changes: list[tuple[str, str | None, bool]]) -> None:
+        await asyncio.to_thread(consent.record_ingested, world.rt, changes)
+
+    app = Starlette(routes=event_routes(world.rt.audience, token=ADMIN, clock=world.rt.clock, on_consent=on_consent))
+    client, auth = TestClient(app), {"Authorization": f"Bearer {ADMIN}"}
+    users = [{"id": "u-us", "opted_out": True}, {"id": "u-in", "subscribed": True},  # u-in: no change
+             {"id": "u-new", "phone": "+14155550199", "opted_out": True}, {"id": "u-new2", "phone": "+14155550198"}]
+    assert client.post("/v1/users", json=users, headers=auth).status_code == 202
+    ledger = consent.consent_ledger(world.rt.store)
+    assert sorted((e["users"][0], e["phone"], e["opted_out"], e["source"]) for e in ledger) == [
+        ("u-new", "+14155550199", True, "ingest"), ("u-us", "+14155550123", True, "ingest")]
+    assert world.opted_out("u-us") and world.opted_out("u-new")
+    assert client.post("/v1/users", json=[{"id": "u-us", "opted_out": True}], headers=auth).status_code == 202
+    assert len(consent.consent_ledger(world.rt.store)) == 2  # the same value again is no change
+    assert client.post("/v1/users", json=[{"id": "u-us", "subscribed": True}], headers=auth).status_code == 202
+    assert consent.consent_ledger(world.rt.store)[-1]["opted_out"] is False

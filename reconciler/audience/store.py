@@ -326,6 +326,24 @@ class AudienceStore(ABC):
                 found[str(user_id)] = "opted_out" if opted_out else "invalid_phone"
         return found
 
+    def consent_changes(self, records: Sequence[UserRecord]) -> list[tuple[str, str | None, bool]]:
+        """(user id, phone, opted_out) for each record whose `opted_out` differs from the stored value
+        (a new user counts when it arrives opted out): what an upsert of `records` would change."""
+        given = {r.id: r for r in merge_user_records(r for r in records if r.opted_out is not None)}
+        stored: dict[str, tuple[str | None, bool]] = {}
+        ids = sorted(given)
+        for start in range(0, len(ids), CONSENT_CHUNK):
+            chunk = ids[start:start + CONSENT_CHUNK]
+            query = wrap("SELECT u.id, u.phone, u.opted_out FROM users u WHERE u.id IN ({})",
+                         join(", ", (param(i) for i in chunk)))
+            stored.update({str(row[0]): (row[1], bool(row[2])) for row in self._fetchall(query)})
+        changes = []
+        for user_id, record in given.items():
+            before = stored.get(user_id)
+            if (before is None and record.opted_out) or (before is not None and before[1] != record.opted_out):
+                changes.append((user_id, record.phone or (before[0] if before else None), bool(record.opted_out)))
+        return changes
+
     def set_opted_out(self, user_ids: Iterable[str], opted_out: bool, *, now: datetime) -> int:
         """Opt these (stored) users out or back in at once; returns how many were changed."""
         return self.upsert_users([UserRecord(id=i, opted_out=opted_out) for i in dict.fromkeys(user_ids)], now=now)

@@ -53,6 +53,7 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 200
 MAX_LOGGED_CHARS = 300  # of an error's text in the log (it may quote a hostile value)
 
 EventHook = Callable[[list[EventRecord]], Awaitable[None] | None]
+ConsentHook = Callable[[list[tuple[str, str | None, bool]]], Awaitable[None]]  # (user id, phone, opted_out)
 
 
 class BadRequest(Exception):
@@ -261,10 +262,12 @@ def _settle(waiting: _Waiting, outcome: BaseException | list[bool]) -> None:
 
 
 def event_routes(store: AudienceStore, *, token: str | None, clock: Clock, on_events: EventHook | None = None,
-                 max_body_bytes: int = MAX_EVENT_BODY_BYTES, prefix: str = "/v1") -> list[Route]:
+                 max_body_bytes: int = MAX_EVENT_BODY_BYTES, prefix: str = "/v1",
+                 on_consent: ConsentHook | None = None) -> list[Route]:
     """Routes for live users/events. `on_events` (e.g. the scheduler's live triggers) sees every
     accepted event once, after it is stored, possibly together with other requests' events; its failure
-    is logged, the events stay stored."""
+    is logged, the events stay stored. `on_consent` sees the opt-outs/opt-ins a users request changed
+    (reconciler.consent records them with source "ingest")."""
     batcher = EventBatcher(store, on_events)
 
     async def guarded(request: Request, handle: Callable[[list[Any]], Awaitable[dict[str, Any]]]) -> Response:
@@ -304,7 +307,13 @@ def event_routes(store: AudienceStore, *, token: str | None, clock: Clock, on_ev
     async def post_users(request: Request) -> Response:
         async def handle(items: list[Any]) -> dict[str, Any]:
             users: list[UserRecord] = _parse_all(items, lambda _index, item: parse_user(item))
+            changes = await run_in_threadpool(store.consent_changes, users) if on_consent else []
             await run_in_threadpool(lambda: store.upsert_users(users, now=clock.now()))
+            if changes and on_consent is not None:
+                try:
+                    await on_consent(changes)
+                except Exception as exc:  # the users are stored; the ledger entry is what is missing
+                    log.error("consent changes not recorded: %s", redact(f"{type(exc).__name__}: {exc}")[:MAX_LOGGED_CHARS])
             invalid = sum(1 for user in users if user.phone_valid is False)
             return {"accepted": len(users), "invalid_phones": invalid}
 
