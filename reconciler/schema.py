@@ -41,8 +41,6 @@ VALIDATE_ONLY_CHECKS: dict[str, str] = {
     "one-default-group": "at most one ProviderGroup is the default",
     "country-routed-once": "a country is routed by one group only, and is a known region",
     "phone-number": "a sender number in E.164 form is a real, valid number",
-    "zone-exists": "time zones exist in the tz database this Herald runs with (the schema lists the "
-                   "tzdata zones it was generated with)",
     "cron-parses": "cron expressions parse with croniter (the schema checks the form and field ranges)",
     "end-after-start": "a campaign's end lies after its start (in the campaign timezone)",
     "at-least-at-most": "an event predicate's atLeast does not exceed its atMost",

@@ -82,7 +82,7 @@ _DURATION_PART = re.compile(r"([0-9]+)(w|d|h|m|s)")
 _DURATION_FULL = re.compile(r"^-?([0-9]+(w|d|h|m|s))+$")
 _UNIT_SECONDS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
 DURATION_PATTERN = r"^-?([0-9]+(w|d|h|m|s))+$"
-NON_NEGATIVE_DURATION_PATTERN = r"^([0-9]+(w|d|h|m|s))+$"
+NON_NEGATIVE_DURATION_PATTERN = r"^(-(0+(w|d|h|m|s))+|([0-9]+(w|d|h|m|s))+)$"
 POSITIVE_DURATION_PATTERN = r"^(?=[^1-9]*[1-9])([0-9]+(w|d|h|m|s))+$"
 """At least one non-zero digit: what `_positive` accepts, short of the MAX_DURATION bound."""
 MAX_DURATION = timedelta(days=3650)
