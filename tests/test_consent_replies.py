@@ -166,3 +166,56 @@ def test_national_numbers_with_a_trunk_zero_need_the_providers_region() -> None:
     assert consent.normalize_phone("09876543210", "IN") == "+919876543210"  # Exotel's shape
     assert consent.normalize_phone("+14155550101", "IN") == "+14155550101"
     assert consent.normalize_phone("919876543210", "IN") == "+919876543210"
+
+
+def _text_via_mock(world: DemoWorld, sender: str, body: str, *, deliver: bool = True) -> dict[str, Any]:
+    """The user texts our Twilio number: the mock applies Twilio's own opt-out handling and hands back
+    the signed webhook Twilio would POST, which is delivered to Herald's /inbound/tw (unless not)."""
+    made = httpx.post(f"{world.mock_url}/_mock/inbound", timeout=10, json={
+        "from": sender, "to": "+14155550100", "body": body, "url": f"{PUBLIC}/inbound/tw", "auth_token": TOKEN})
+    made.raise_for_status()
+    hook = made.json()
+    if deliver:
+        app = Starlette(routes=inbound_routes(world.engine.state, world.engine.rt, router=world.engine.router,
+                                              public=PublicUrl(base=PUBLIC)))
+
+        async def post() -> httpx.Response:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:
+                return await c.post("/inbound/tw", data=hook["form"], headers=hook["headers"])
+
+        assert world.run(post).status_code == 200
+    return dict(hook)
+
+
+def test_stop_through_the_mocks_inbound_and_twilio_21610_at_send_time(tmp_path: Path) -> None:
+    """The mock behaves like Twilio's default opt-out handling: after STOP it refuses sends to the
+    number with 21610. A STOP whose webhook reaches Herald skips the queued message; one whose
+    webhook never arrives is learnt from the 21610 of the next send (source provider_error)."""
+    with engine_world(tmp_path, standard_files(), population=4) as world:
+        rt = world.engine.rt
+        _queue(world, "first", DEMO_START + timedelta(minutes=10))
+        first, second = rt.store.list_outbox(campaign="first")[:2]
+        hook = _text_via_mock(world, first.phone, "STOP")
+        assert hook["form"]["OptOutType"] == "STOP" and hook["form"]["From"] == first.phone
+        _text_via_mock(world, second.phone, "stop", deliver=False)  # webhook lost: Herald does not know
+        world.step(sync=False)
+        rows = {r.user_id: r for r in rt.store.list_outbox(campaign="first")}
+        assert (rows[first.user_id].status, rows[first.user_id].skip_reason) == ("skipped", "opted_out")
+        assert rows[second.user_id].status == "failed" and "21610" in (rows[second.user_id].last_error or "")
+        sources = {(e["phone"], e["source"]) for e in consent.consent_ledger(rt.store)}
+        assert sources == {(first.phone, "keyword"), (second.phone, "provider_error")}
+        (stop_reply,) = rt.store.query_audit(AuditQuery(actions=("consent_reply",)))
+        assert stop_reply.details["status"] == "failed"  # Twilio blocks our confirmation after its own STOP
+        assert _mock_messages(world, first.phone) == [] and _mock_messages(world, second.phone) == []
+
+        _queue(world, "second", DEMO_START + timedelta(minutes=30))
+        world.step(sync=False)
+        later = {r.user_id: r for r in rt.store.list_outbox(campaign="second")}
+        assert first.user_id not in later and second.user_id not in later  # not even selected
+        assert sum(r.status == "sent" for r in later.values()) == 2
+
+        _text_via_mock(world, first.phone, "START")
+        _queue(world, "third", DEMO_START + timedelta(minutes=50))
+        world.step(sync=False)
+        third = {r.user_id: r for r in rt.store.list_outbox(campaign="third")}
+        assert third[first.user_id].status == "sent" and second.user_id not in third

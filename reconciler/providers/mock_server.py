@@ -138,6 +138,7 @@ class MockState:
             self.answers: dict[tuple[str, str], Answer] = {}
             self.faults: dict[str, Fault] = {}
             self.counters: dict[str, Counter[str]] = {}
+            self.opted_out: set[tuple[str, str]] = set()  # (provider type, number) that texted STOP
 
     def count(self, provider: str, what: str, n: int = 1) -> None:
         with self.lock:
@@ -237,6 +238,9 @@ async def _twilio(request: Request, raw: bytes, key: str | None) -> Handled:
         raise error(400, 21603, "The 'From' number is required.")
     if not body:
         raise error(400, 21602, "Message body is required.")
+    mock: MockState | None = getattr(request.app.state, "mock", None)
+    if mock is not None and ("twilio", to) in mock.opted_out:  # Twilio's own STOP handling
+        raise error(400, 21610, "Attempt to send to unsubscribed recipient")
     sid = _new_id("SM")
     account = request.path_params["account"]
     received = _record("twilio", "twilio", to, body, key, sid, form)
@@ -606,6 +610,18 @@ def _handler(type_: str, handle: Callable[[Request, bytes, str | None], Any], st
 
 # -- control --------------------------------------------------------------------------------
 
+TWILIO_STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE"})
+TWILIO_START_WORDS = frozenset({"START", "UNSTOP", "YES"})
+
+
+def _twilio_inbound_form(sender: str, to: str, body: str, account: str) -> dict[str, str]:
+    """The fields Twilio POSTs to a number's incoming-message webhook."""
+    sid = _new_id("SM")
+    return {"ToCountry": "US", "ToState": "CA", "SmsMessageSid": sid, "NumMedia": "0", "ToCity": "",
+            "FromZip": "", "SmsSid": sid, "FromState": "", "SmsStatus": "received", "FromCity": "", "Body": body,
+            "FromCountry": "", "To": to, "ToZip": "", "NumSegments": str(analyze(body).segments),
+            "MessageSid": sid, "AccountSid": account, "From": sender, "ApiVersion": "2010-04-01"}
+
 def _control_routes(state: MockState) -> list[Route]:
     async def messages(request: Request) -> Response:
         found = state.query(request.query_params.get("provider"), request.query_params.get("to"))
@@ -629,6 +645,33 @@ def _control_routes(state: MockState) -> list[Route]:
             current = {k: asdict(v) for k, v in state.faults.items()}
         return JSONResponse({"faults": current})
 
+    async def inbound(request: Request) -> Response:
+        """A reply texted to a Twilio number: {"from", "to", "body", "url", "auth_token"[, "account"]}.
+        Answers the webhook Twilio would POST to `url` (form and X-Twilio-Signature), after applying
+        Twilio's default opt-out handling: STOP words block later sends to that number (21610),
+        START words lift the block."""
+        try:
+            data = json.loads(await request.body())
+            sender, to, body, url = str(data["from"]), str(data["to"]), str(data["body"]), str(data["url"])
+            token, account = str(data["auth_token"]), str(data.get("account", "AC" + "0" * 31 + "1"))
+        except (ValueError, KeyError, TypeError) as exc:
+            return JSONResponse({"error": f"bad inbound: {exc}"}, status_code=400)
+        word = body.strip().upper()
+        form = _twilio_inbound_form(sender, to, body, account)
+        if word in TWILIO_STOP_WORDS:
+            form["OptOutType"] = "STOP"
+            with state.lock:
+                state.opted_out.add(("twilio", sender))
+        elif word in TWILIO_START_WORDS:
+            form["OptOutType"] = "START"
+            with state.lock:
+                state.opted_out.discard(("twilio", sender))
+        from ..http.receipts import twilio_signature
+
+        return JSONResponse({"url": url, "form": form,
+                             "headers": {"X-Twilio-Signature": twilio_signature(token, url, form),
+                                         "Content-Type": "application/x-www-form-urlencoded"}})
+
     async def reset(request: Request) -> Response:
         state.reset()
         return JSONResponse({"reset": True})
@@ -651,6 +694,7 @@ def _control_routes(state: MockState) -> list[Route]:
         Route("/_mock/faults", faults, methods=["POST"]),
         Route("/_mock/reset", reset, methods=["POST"]),
         Route("/_mock/mode", mode, methods=["POST"]),
+        Route("/_mock/inbound", inbound, methods=["POST"]),
     ]
 
 
