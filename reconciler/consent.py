@@ -19,7 +19,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 import phonenumbers
@@ -42,6 +42,9 @@ CONSENT_REPLY = "consent_reply"
 Source = Literal["keyword", "provider_error", "api", "ingest"]
 Keyword = Literal["stop", "start", "help"]
 MAX_MESSAGE_STORED = 320
+# At most one auto-reply per number and keyword in this span: a user repeating HELP, or another
+# auto-responder answering ours, costs one message, not a loop. The consent change is always recorded.
+REPLY_COOLDOWN = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,7 @@ class InboundMessage:
 class InboundOutcome:
     keyword: Keyword | None
     change: ConsentChange | None
-    replied: str | None  # "sent", "failed", None (no reply configured or not a keyword)
+    replied: str | None  # "sent", "failed", "throttled" (answered within REPLY_COOLDOWN), None (no reply)
 
 
 async def handle_inbound(rt: Runtime, state: DesiredState, router: GroupRouter | None,
@@ -177,8 +180,18 @@ async def handle_inbound(rt: Runtime, state: DesiredState, router: GroupRouter |
     ids = change.user_ids if change else tuple(await asyncio.to_thread(rt.audience.users_by_phone, inbound.sender))
     language = await asyncio.to_thread(user_language, rt.audience, ids)
     text = reply_text(settings, keyword, language)
-    replied = await _reply(rt, router, inbound, keyword, text) if text and router is not None else None
-    return InboundOutcome(keyword, change, replied)
+    if not text or router is None:
+        return InboundOutcome(keyword, change, None)
+    if await asyncio.to_thread(_replied_recently, rt, inbound.sender, keyword):
+        return InboundOutcome(keyword, change, "throttled")
+    return InboundOutcome(keyword, change, await _reply(rt, router, inbound, keyword, text))
+
+
+def _replied_recently(rt: Runtime, phone: str, keyword: Keyword) -> bool:
+    since = rt.clock.now() - REPLY_COOLDOWN
+    recent = rt.store.query_audit(AuditQuery(actions=(CONSENT_REPLY,), kind="Consent", name=phone, since=since,
+                                             limit=50, newest_first=True))
+    return any(entry.details.get("keyword") == keyword for entry in recent)
 
 
 async def _reply(rt: Runtime, router: GroupRouter, inbound: InboundMessage, keyword: Keyword, text: str) -> str:

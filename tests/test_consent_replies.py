@@ -93,6 +93,13 @@ def test_stop_while_queued_skips_start_resubscribes_help_answers(tmp_path: Path)
         assert [e.details["keyword"] for e in replies] == ["stop", "start", "help"]
         assert all(e.details["status"] == "sent" for e in replies)
 
+        for _ in range(3):  # a user (or another auto-responder) repeating HELP gets one answer per 10 min
+            _post_inbound(world, twilio_inbound(victim.phone, "HELP"))
+        assert len(_mock_messages(world, victim.phone)) == before + 1
+        world.clock.set(world.clock.now() + consent.REPLY_COOLDOWN + timedelta(seconds=1))
+        _post_inbound(world, twilio_inbound(victim.phone, "HELP"))
+        assert len(_mock_messages(world, victim.phone)) == before + 2
+
 
 def test_forged_inbound_is_refused_and_changes_nothing(tmp_path: Path) -> None:
     with engine_world(tmp_path, standard_files(), population=3) as world:
