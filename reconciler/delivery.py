@@ -38,7 +38,7 @@ from .runs import member_from_context
 from .runtime import Runtime
 from .scheduling import campaign_window
 from .secrets import redact
-from .store.base import OutboxRow, SendResult
+from .store.base import OutboxRow, SendResult, StateStore
 
 LOG = logging.getLogger("herald.delivery")
 CLAIM_BATCH = 200
@@ -84,8 +84,49 @@ class BatchOutcome:
     settled: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # in-doubt rows settled, by how
 
 
+class AttemptMarks:
+    """The write-ahead "attempted" mark (GroupRouter.before_submit): every request waits, in its slot,
+    until its rows are durably marked as sent-maybe on their current claim (store.mark_attempted).
+    Marks asked for in the same event-loop iteration share one store write (group commit), so the cost
+    is one write per burst of requests, not per message. Invariant: no request is written before its
+    rows' mark is committed; a failed mark sends nothing (the rows are released, never attempted)."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self._keys: list[str] = []
+        self._written: asyncio.Future[bool] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def mark(self, messages: Sequence[OutboundMessage]) -> bool:
+        loop = asyncio.get_running_loop()
+        self._keys.extend(m.message_id for m in messages)
+        if self._written is None:
+            self._written = loop.create_future()
+            loop.call_soon(self._flush)  # after every request of this iteration has queued its keys
+        return await asyncio.shield(self._written)
+
+    def _flush(self) -> None:
+        keys, written = self._keys, self._written
+        self._keys, self._written = [], None
+        if written is not None:
+            task = asyncio.ensure_future(self._write(keys, written))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _write(self, keys: list[str], written: asyncio.Future[bool]) -> None:
+        try:
+            await asyncio.to_thread(self.store.mark_attempted, keys)
+        except Exception as exc:  # any failure: nothing may be sent unmarked
+            LOG.warning("could not mark %d messages as attempted; not sending them now: %s", len(keys),
+                        redact(str(exc)))
+            written.set_result(False)
+        else:
+            written.set_result(True)
+
+
 class DeliveryWorker:
-    """One claim → render → send → record loop; run several per daemon (they share the router)."""
+    """One claim → render → send → record loop; run several per daemon (they share the router, and the
+    router's AttemptMarks)."""
 
     def __init__(self, rt: Runtime, router: GroupRouter, state: DesiredState, *,
                  linked: LinkedContentFetcher | None = None, batch_size: int = CLAIM_BATCH) -> None:
@@ -95,6 +136,8 @@ class DeliveryWorker:
         self.batch_size = batch_size
         self.linked = linked or LinkedContentFetcher(clock=rt.clock, policy=LinkedUrlPolicy())
         self._campaigns: dict[str, Campaign] = {}
+        if router.before_submit is None:
+            router.before_submit = AttemptMarks(rt.store).mark
         # outbox id -> (how its doubt is being settled: found, resent, failover; the doubt's JSON)
         self._settling: dict[int, tuple[str, str]] = {}
 

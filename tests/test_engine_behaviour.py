@@ -151,6 +151,24 @@ def test_global_frequency_cap_skips_the_second_message_of_the_day(world: DemoWor
     assert len(received(world)) == 1
 
 
+def test_a_dead_workers_claim_it_never_sent_is_sent_once_with_the_same_key(world: DemoWorld) -> None:
+    """Claimed, then the worker died before marking any attempt: nothing can have gone out, so the
+    next claim sends it normally — no lookup, no doubt."""
+    store = world.engine.rt.store
+    now = world.clock.now()
+    ingest(world, {"user_id": "u00006", "name": "signed_up", "ts": now.isoformat()})
+    [claimed] = store.claim("dead-worker", 10, now, OUTBOX_LEASE)
+    world.step(sync=False)
+    assert received(world) == []  # still leased to the dead worker
+    world.clock.advance(OUTBOX_LEASE + timedelta(seconds=1))
+    world.step(sync=False)
+    messages = received(world)
+    assert len(messages) == 1 and messages[0]["idempotency_key"] == claimed.idempotency_key
+    [row] = store.list_outbox(campaign="welcome")
+    assert row.status == "sent" and row.doubt is None and row.attempted_claim == 2
+    assert httpx.get(f"{world.mock_url}/_mock/stats").json()["providers"]["twilio"].get("lookups", 0) == 0
+
+
 def test_a_dead_workers_claim_is_in_doubt_and_settled_by_the_groups_policy(world: DemoWorld) -> None:
     """The worker may have sent before dying, so the row is in doubt at every provider of its group
     (global: twilio-us, vonage-global, acme-sms). Twilio is asked first (not found); the others have no
@@ -158,7 +176,8 @@ def test_a_dead_workers_claim_is_in_doubt_and_settled_by_the_groups_policy(world
     store = world.engine.rt.store
     now = world.clock.now()
     ingest(world, {"user_id": "u00006", "name": "signed_up", "ts": now.isoformat()})
-    [claimed] = store.claim("dead-worker", 10, now, OUTBOX_LEASE)  # claimed, then the worker died
+    [claimed] = store.claim("dead-worker", 10, now, OUTBOX_LEASE)
+    assert store.mark_attempted([claimed.idempotency_key]) == 1  # about to send it, then the worker died
     world.step(sync=False)
     assert received(world) == []  # still leased to the dead worker
     world.clock.advance(OUTBOX_LEASE + timedelta(seconds=1))

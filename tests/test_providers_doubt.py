@@ -119,10 +119,12 @@ def test_doubt_of_a_fresh_a_recorded_and_an_abandoned_claim() -> None:
     assert doubt.doubt_of(row(claim_count=3, released_claims=2), grp, T0) is None  # every claim released
     recorded = doubt.Doubt(("tw",), T0 - timedelta(minutes=9), T0 - timedelta(minutes=8), "HTTP 502")
     assert doubt.doubt_of(row(claim_count=2, released_claims=1, doubt=recorded.to_json()), grp, T0) == recorded
-    abandoned = doubt.doubt_of(row(claim_count=2, released_claims=0), grp, T0)
+    assert doubt.doubt_of(row(claim_count=2, released_claims=0), grp, T0) is None  # abandoned before sending
+    abandoned = doubt.doubt_of(row(claim_count=2, released_claims=0, attempted_claim=1), grp, T0)
     assert abandoned is not None and abandoned.providers == ("tw", "vn") and abandoned.until == T0
     assert abandoned.since == T0 - timedelta(minutes=5) - doubt.ABANDONED_MARGIN
-    widened = doubt.doubt_of(row(claim_count=3, released_claims=1, doubt=recorded.to_json()), grp, T0)
+    widened = doubt.doubt_of(row(claim_count=3, released_claims=1, attempted_claim=2, doubt=recorded.to_json()),
+                             grp, T0)
     assert widened is not None and widened.providers == ("tw", "vn") and widened.since == recorded.since
 
 

@@ -75,7 +75,8 @@ def crash_loop(mock: Mock, daemons: list[DaemonProcess], repo: Repo, total: int,
                timeout: float, state_url: str | None = None, progress: Callable[[], int] | None = None) -> CrashRun:
     """Start the daemons, schedule the campaign, kill one at random points `kills` times (restarting
     it at once), wait until every message is recorded, then stop them gracefully. With `state_url`,
-    each kill also notes how many rows the victim held claimed: they are left in doubt. `progress`
+    each kill also notes how many rows the victim held claimed (those it had marked attempted are in
+    doubt, the rest are simply sent by the next claim). `progress`
     counts settled messages (default: what the mock accepted)."""
     outcome = CrashRun()
     done = progress or mock.accepted
@@ -93,7 +94,7 @@ def crash_loop(mock: Mock, daemons: list[DaemonProcess], repo: Repo, total: int,
         victim.kill()
         outcome.kills.append({"trigger": trigger, "daemon": victim.name, "accepted_at_kill": mock.accepted(),
                               "at_s": round(time.monotonic() - began, 1),
-                              "left_in_doubt": claimed_by_pid(state_url, pid) if state_url and pid else None})
+                              "claimed_at_kill": claimed_by_pid(state_url, pid) if state_url and pid else None})
         victim.start()
 
     # One kill while the run is being created and materialized (just after the scheduled moment) …
@@ -115,7 +116,7 @@ def crash_loop(mock: Mock, daemons: list[DaemonProcess], repo: Repo, total: int,
 
 
 def claimed_by_pid(state_url: str, pid: int) -> int:
-    """Rows the (just killed) daemon with this pid held claimed: each is in doubt now."""
+    """Rows the (just killed) daemon with this pid held claimed (in doubt if it had marked them attempted)."""
     store = open_state_store(state_url)
     try:
         claimed = store.list_outbox(campaign=CAMPAIGN, statuses=["claimed"], limit=100_000)
@@ -136,10 +137,10 @@ def report_run(mock: Mock, state_url: str, users: list[dict[str, Any]], run: Cra
     report = exactly_once_report(mock, {u["phone"] for u in users})
     report["settled"] = settlement(state_url)
     run.report = report
-    left = [k["left_in_doubt"] for k in run.kills]
+    left = [k["claimed_at_kill"] for k in run.kills]
     print(f"\ncrash run: {len(users)} messages, {len(run.kills)} kills, {run.seconds:.1f}s; "
           f"resends absorbed by an idempotent provider: {report['resends_absorbed']}; "
-          f"in doubt left by each kill: {left}; settled: {report['settled']}; "
+          f"rows claimed by the victim at each kill: {left}; in doubt, settled: {report['settled']}; "
           f"received twice: {len(report['doubled'])}; never received: {len(report['missing'])}; kills: {run.kills}")
     return report
 

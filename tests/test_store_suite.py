@@ -82,7 +82,7 @@ def test_an_older_schema_is_upgraded_on_open(store: StateStore, store_url: str, 
     raw_sql("CREATE INDEX outbox_by_provider_id ON outbox (provider, provider_message_id)")
     raw_sql("DROP TABLE schedule_marks")
     raw_sql("DROP INDEX outbox_by_limit_day")
-    for column in ("doubt", "doubt_settled", "released_claims", "limit_day"):
+    for column in ("doubt", "doubt_settled", "released_claims", "limit_day", "attempted_claim"):
         raw_sql(f"ALTER TABLE outbox DROP COLUMN {column}")
     raw_sql("DELETE FROM schema_migrations WHERE version >= 2")
     upgraded = open_state_store(store_url, clock=clock)
@@ -563,6 +563,7 @@ def test_in_doubt_rows_abandoned_claims_and_their_settlement(store: StateStore, 
     assert store.release_in_doubt("w", {first.id: doubt}, retry_at=clock.now() + LEASE * 2) == 1
     assert store.release("w", [second.id]) == 1
     assert store.in_doubt_counts(campaign="c") == {"unsettled": 1}
+    assert store.mark_attempted([third.idempotency_key, "no-such-key"]) == 1  # about to send it, then died
     # `third` is abandoned (its worker died): after the lease it comes back with `second`, flagged.
     clock.advance(LEASE)
     again_second, again_third = store.claim("w2", 10, clock.now(), LEASE)
@@ -580,3 +581,18 @@ def test_in_doubt_rows_abandoned_claims_and_their_settlement(store: StateStore, 
     [skipped] = store.get_outbox([third.id])
     assert (skipped.status, skipped.doubt_settled) == ("skipped", "skipped")
     assert skipped.skip_reason == "in_doubt: may have been sent by vn"
+
+
+def test_an_abandoned_claim_is_in_doubt_only_if_it_marked_an_attempt(store: StateStore, clock: FakeClock) -> None:
+    enqueue_users(store, clock, "c", 2)
+    marked, unmarked = store.claim("dead", 2, clock.now(), LEASE)
+    assert unmarked.attempted_claim == 0
+    assert store.mark_attempted([marked.idempotency_key]) == 1
+    assert store.mark_attempted([marked.idempotency_key]) == 0  # already marked on this claim
+    clock.advance(LEASE)
+    again_marked, again_unmarked = store.claim("w", 2, clock.now(), LEASE)
+    assert again_marked.abandoned_claim and again_marked.attempted_claim == 1
+    assert not again_unmarked.abandoned_claim, "claimed but never sent: nothing to doubt"
+    assert store.release("w", [again_marked.id, again_unmarked.id]) == 2
+    [released] = store.get_outbox([again_marked.id])
+    assert released.released_claims == 2 and not released.abandoned_claim

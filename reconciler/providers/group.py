@@ -50,6 +50,9 @@ SleepFn = Callable[[float], Awaitable[None]]
 # (provider name, messages, deadline) -> False when the request may not go out before the deadline
 BeforeSend = Callable[[str, Sequence[OutboundMessage], float | None], Awaitable[object]]  # ratelimit.SendRateGuard
 ResultHook = Callable[[SendResult], None]  # sees each message's final result as soon as it is known
+# (messages) -> False when they must not be sent: awaited inside the request slot, right before the request
+# is written, so a durable "attempted" mark (delivery.AttemptMarks) precedes every byte sent
+BeforeSubmit = Callable[[Sequence[OutboundMessage]], Awaitable[bool]]
 MIN_ATTEMPT_SECONDS = 1.0  # with a deadline, an attempt starts only if it can wait this long (or its timeout)
 BreakerState = Literal["closed", "open", "half-open"]
 
@@ -188,6 +191,7 @@ class GroupRouter:
         self.retry = retry or RetryPolicy()
         self.environ = environ
         self.before_send = before_send  # awaited before every request (attempt) to a provider
+        self.before_submit: BeforeSubmit | None = None  # awaited in the request slot, just before writing
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._adapters: dict[str, ProviderAdapter | ProviderError] = {}
         self._breakers: dict[str, CircuitBreakerState] = {}
@@ -381,9 +385,10 @@ class GroupRouter:
                     return chunk
             async with self._semaphore:
                 timeout = tally.attempt_timeout(adapter.timeout)
-                if timeout is None:  # waiting for send tokens or a request slot used up the time
-                    if holds_probe:
-                        breaker.probing = False  # nothing was sent: give the probe back
+                if timeout is None or (self.before_submit is not None
+                                       and not await self.before_submit([p.message for p in chunk])):
+                    if holds_probe:  # out of time, or the attempt could not be marked: nothing was sent
+                        breaker.probing = False  # give the probe back
                     return chunk
                 outcomes = await adapter.submit([p.message for p in chunk],
                                                 timeout=timeout if timeout < adapter.timeout else None)

@@ -529,6 +529,15 @@ class SqlStateStore(StateStore):
                      self._ts(retry_at), now, outbox_id, worker_id))
         return total
 
+    def mark_attempted(self, keys: Sequence[str]) -> int:
+        total = 0
+        with self._transaction(write=True) as tx:
+            for chunk in _chunks(list(keys)):
+                total += tx.run(
+                    f"UPDATE outbox SET attempted_claim = claim_count WHERE idempotency_key IN ({_marks(len(chunk))})"
+                    " AND status = 'claimed' AND attempted_claim <> claim_count", chunk)
+        return total
+
     def skip_in_doubt(self, worker_id: str, ids: Sequence[int], reason: str, *, doubt: str | None = None) -> int:
         now, total = self._now(), 0
         with self._transaction(write=True) as tx:

@@ -259,12 +259,13 @@ class OutboxRow:
     doubt_settled: str | None = None  # found | resent | skipped | failover
     released_claims: int = 0  # claim_count as of the last release (every release settles any doubt first)
     limit_day: str | None = None  # local day (YYYY-MM-DD) it counts toward for dailyLimit
+    attempted_claim: int = 0  # claim_count of the last claim that marked a send attempt (before sending)
 
     @property
     def abandoned_claim(self) -> bool:
-        """Was a previous claim of this (freshly claimed) row neither released nor recorded? Then its
-        worker died or lost the lease, maybe after sending it: the row is in doubt."""
-        return self.claim_count - 1 > self.released_claims
+        """Was a previous claim of this (freshly claimed) row neither released nor recorded, after it had
+        marked a send attempt? Then its worker died or lost the lease, maybe after sending: in doubt."""
+        return self.claim_count - 1 > self.released_claims and self.attempted_claim > self.released_claims
 
 
 @dataclass(frozen=True)
@@ -462,6 +463,11 @@ class StateStore(ABC):
     def release_in_doubt(self, worker_id: str, doubts: Mapping[int, str], *, retry_at: datetime) -> int:
         """Give claimed rows back as IN DOUBT (pending again, not before retry_at, when the provider's
         lookup can answer): `doubts` maps row id to its doubt JSON. Rows not claimed by worker_id stay."""
+        raise NotImplementedError
+
+    def mark_attempted(self, keys: Sequence[str]) -> int:
+        """Durably mark claimed rows (by idempotency key) as about to be sent on their current claim;
+        called before the request is written, so an abandoned claim tells sent-maybe from never-sent."""
         raise NotImplementedError
 
     def skip_in_doubt(self, worker_id: str, ids: Sequence[int], reason: str, *, doubt: str | None = None) -> int:
