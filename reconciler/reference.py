@@ -63,13 +63,32 @@ def _model_section(name: str, definition: dict[str, Any]) -> list[str]:
     lines = []
     if definition.get("description") and name not in KINDS:
         lines += [definition["description"].split("\n\n")[0], ""]
-    lines += ["| Field | Type | Required | Default | Description |", "|---|---|---|---|---|"]
+    lines += ["| Field | Type | Required | Default | Constraints | Description |", "|---|---|---|---|---|---|"]
     required = set(definition.get("required", []))
     for field, prop in definition["properties"].items():
-        default = "" if prop.get("default") in (None, [], {}) else f"`{_json(prop['default'])}`"
+        default = "" if prop.get("default") in (None, [], {}) else f"`{_cell(_json(prop['default']))}`"
         lines.append(f"| `{field}` | {_type(prop)} | {'yes' if field in required else ''} | {default} | "
-                     f"{_cell(prop.get('description', ''))} |")
+                     f"{_cell(_constraints(prop))} | {_cell(prop.get('description', ''))} |")
     return lines
+
+
+_WORDS = (("minimum", ">= {}"), ("exclusiveMinimum", "> {}"), ("maximum", "<= {}"), ("exclusiveMaximum", "< {}"),
+          ("minLength", "at least {} chars"), ("maxLength", "at most {} chars"), ("minItems", "at least {} items"),
+          ("maxItems", "at most {} items"), ("uniqueItems", "no repeats"))
+MAX_PATTERN_SHOWN = 48
+
+
+def _constraints(prop: dict[str, Any]) -> str:
+    """Ranges, lengths, sizes and short patterns of a field (or of its non-null alternative)."""
+    facts: list[str] = []
+    for option in [prop, *prop.get("anyOf", [])]:
+        for key, template in _WORDS:
+            if key in option and option[key] is not False:
+                facts.append("non-empty" if (key, option[key]) == ("minLength", 1) else template.format(option[key]))
+        pattern = option.get("pattern")
+        if pattern and len(pattern) <= MAX_PATTERN_SHOWN:
+            facts.append(f"`{pattern}`")
+    return ", ".join(dict.fromkeys(facts))
 
 
 def _type(prop: dict[str, Any]) -> str:

@@ -20,7 +20,7 @@ DESCRIPTIONS: dict[str, str] = {
     "*.kind": "Object kind: Provider, ProviderGroup, Campaign, Segment or Settings.",
     "*.metadata": "Name (unique per kind), labels and a description.",
     "*.spec": "The object's settings.",
-    "*.type": "Which kind of this object it is.",
+    "*.type": "Provider API; selects the fields that follow.",
     "*.pricing": "Price per SMS segment by destination country, for cost estimates and budgets.",
     "*.rateLimit": "Sending rate limit, shared by every worker and daemon.",
     "*.timeoutSeconds": "Seconds to wait for an answer before the attempt counts as failed (or in doubt).",
@@ -107,7 +107,6 @@ DESCRIPTIONS: dict[str, str] = {
     "RateLimit.messagesPerSecond": "Messages (or segments) per second.",
     "Pricing.currency": "ISO 4217 currency code.",
     "Pricing.perSegment": "Price of one SMS segment by ISO country code; '*' for every other country.",
-    "TwilioSpec.type": "twilio",
     "TwilioSpec.accountSid": "Twilio Account SID (AC followed by 32 hex digits).",
     "TwilioSpec.authToken": "Twilio auth token, as a secretRef.",
     "TwilioSpec.from": "Sender: an E.164 number or an alphanumeric sender id (up to 11 characters). This "

@@ -207,6 +207,15 @@ def test_no_discriminator_and_one_mapping_for_every_kind(combined: dict[str, Any
     assert combined["properties"]["kind"]["enum"] == ["Provider", "ProviderGroup", "Campaign", "Segment", "Settings"]
 
 
+def test_each_schema_says_what_only_herald_validate_checks() -> None:
+    for path in sorted(SCHEMAS.glob("*.json")):
+        if path.name == OPENAPI_FILE:
+            continue
+        description = json.loads(path.read_text(encoding="utf-8"))["description"]
+        assert "Checked only by `herald validate`" in description, path.name
+        assert all(text in description for text in VALIDATE_ONLY_CHECKS.values()), path.name
+
+
 def _campaign(schedule: dict[str, Any], **spec: Any) -> dict[str, Any]:
     return {"apiVersion": "herald/v1", "kind": "Campaign", "metadata": {"name": "c"},
             "spec": {"type": "past_behavior", "owner": "a@example.com", "timezone": {"zone": "Europe/London"},
