@@ -189,7 +189,7 @@ def test_ajv_agrees_on_examples_and_mistakes(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- the schemas themselves
 
 
-def test_every_field_has_hover_help_and_valid_examples(combined: dict[str, Any]) -> None:
+def test_every_field_has_hover_help_and_valid_examples_and_defaults(combined: dict[str, Any]) -> None:
     fields = list(iter_fields(combined))
     assert len(fields) > 250
     for model, field, prop in fields:
@@ -199,6 +199,8 @@ def test_every_field_has_hover_help_and_valid_examples(combined: dict[str, Any])
                                                 format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
         for example in prop["examples"]:
             assert check.is_valid(example), f"{model}.{field}: example {example!r} is invalid"
+        if "default" in prop:  # editors insert defaults on completion
+            assert check.is_valid(prop["default"]), f"{model}.{field}: default {prop['default']!r} is invalid"
 
 
 def test_no_discriminator_and_one_mapping_for_every_kind(combined: dict[str, Any]) -> None:
