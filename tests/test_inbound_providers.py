@@ -188,3 +188,22 @@ def test_opt_outs_arriving_with_user_records_are_audited_as_ingest(world: World)
     assert len(consent.consent_ledger(world.rt.store)) == 2  # the same value again is no change
     assert client.post("/v1/users", json=[{"id": "u-us", "subscribed": True}], headers=auth).status_code == 202
     assert consent.consent_ledger(world.rt.store)[-1]["opted_out"] is False
+
+
+def test_twilio_shared_key_signs_hmac_sha256_callbacks(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With webhookSigningKey, a callback carrying X-Twilio-Webhooks-Signature-Settings is checked with
+    the SharedKey secret (HMAC-SHA256); without the header only the auth token verifies."""
+    from reconciler.models.common import Secret
+
+    monkeypatch.setenv("TWILIO_SHARED_KEY", "shared-key-secret-3")
+    provider = world.state.providers["twilio-us"]
+    key = Secret.model_validate({"secretRef": {"env": "TWILIO_SHARED_KEY"}})
+    world.state.providers["twilio-us"] = provider.model_copy(
+        update={"spec": provider.spec.model_copy(update={"webhookSigningKey": key})})
+    url, form = f"{PUBLIC}/inbound/twilio-us", twilio_inbound(PHONES["u-us"], "STOP")
+    shared = twilio_headers("shared-key-secret-3", url, form, algorithm="HMAC_SHA256")
+    without_settings = {k: v for k, v in shared.items() if k != "X-Twilio-Webhooks-Signature-Settings"}
+    assert world.client.post("/inbound/twilio-us", data=form, headers=without_settings).status_code == 403
+    assert not world.opted_out("u-us")
+    assert world.client.post("/inbound/twilio-us", data=form, headers=shared).status_code == 200
+    assert world.opted_out("u-us")
