@@ -415,3 +415,17 @@ def test_reference_lists_every_field(combined: dict[str, Any]) -> None:
         assert f"| `{field}` |" in reference, f"{model}.{field}"
     for description in VALIDATE_ONLY_CHECKS.values():
         assert description in reference
+
+
+def test_herald_schema_writes_and_checks(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from reconciler.cli import main
+
+    args = ["--out", str(tmp_path / "schemas"), "--reference", str(tmp_path / "reference.md")]
+    runner = CliRunner()
+    missing = runner.invoke(main, ["schema", "--check", *args])
+    assert missing.exit_code == 1 and "herald.json: out of date" in missing.output
+    assert runner.invoke(main, ["schema", *args]).exit_code == 0
+    assert runner.invoke(main, ["schema", "--check", *args]).exit_code == 0
+    assert (tmp_path / "schemas" / OPENAPI_FILE).read_text() == (SCHEMAS / OPENAPI_FILE).read_text()
