@@ -226,3 +226,18 @@ def test_stop_through_the_mocks_inbound_and_twilio_21610_at_send_time(tmp_path: 
         world.step(sync=False)
         third = {r.user_id: r for r in rt.store.list_outbox(campaign="third")}
         assert third[first.user_id].status == "sent" and second.user_id not in third
+
+
+def test_a_number_that_became_invalid_after_queueing_is_skipped(tmp_path: Path) -> None:
+    from reconciler.audience.records import parse_user
+
+    with engine_world(tmp_path, standard_files(), population=3) as world:
+        rt = world.engine.rt
+        _queue(world, "first", DEMO_START + timedelta(minutes=10))
+        victim = rt.store.list_outbox(campaign="first")[0]
+        rt.audience.upsert_users([parse_user({"id": victim.user_id, "phone": "+1 555"})], now=world.clock.now())
+        world.step(sync=False)
+        rows = {r.user_id: r for r in rt.store.list_outbox(campaign="first")}
+        assert (rows[victim.user_id].status, rows[victim.user_id].skip_reason) == ("skipped", "invalid_phone")
+        assert _mock_messages(world, victim.phone) == []
+        assert sum(r.status == "sent" for r in rows.values()) == 2
