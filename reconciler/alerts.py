@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
+from .outbound import OutboundPolicy, OutboundRefused, resolve_host
 from .secrets import REDACTOR, redact, resolve_secret
 
 if TYPE_CHECKING:
@@ -116,6 +117,17 @@ def safety_block_alert(campaign: Campaign, verdict: SafetyVerdict, *, run_id: st
 
 # ---------------------------------------------------------------- e-mail
 
+
+def _check_host(settings: EmailAlertSettings, policy: OutboundPolicy) -> None:
+    try:
+        addresses = resolve_host(settings.host, settings.port)
+    except OutboundRefused as exc:
+        raise AlertEmailError(f"alert e-mail: {exc}") from None
+    for address in addresses:
+        refusal = policy.address_refusal(address, settings.host)
+        if refusal:
+            raise AlertEmailError(f"alert e-mail refused: {refusal}")
+
 ADDRESS = re.compile(r"^[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+$")
 
 
@@ -146,14 +158,17 @@ def alert_email(settings: EmailAlertSettings, alert: Alert, recipients: list[str
     return message
 
 
-def send_alert_email(settings: EmailAlertSettings, alert: Alert, *,
-                     environ: Mapping[str, str] | None = None) -> list[str]:
+def send_alert_email(settings: EmailAlertSettings, alert: Alert, *, environ: Mapping[str, str] | None = None,
+                     policy: OutboundPolicy | None = None) -> list[str]:
     """Send the alert; returns the recipients (none: nothing to send). AlertEmailError on any failure.
-    STARTTLS (or implicit TLS) verifies the server's certificate with the system's trust store."""
+    STARTTLS (or implicit TLS) verifies the server's certificate with the system's trust store. With a
+    `policy`, a host resolving to a non-public address must be in Settings outbound.allowNetworks."""
     recipients = alert_recipients(settings, alert)
     if not recipients:
         return []
     message = alert_email(settings, alert, recipients)
+    if policy is not None:
+        _check_host(settings, policy)
     try:
         username = resolve_secret(settings.username, environ, use="notification") if settings.username else None
         password = resolve_secret(settings.password, environ, use="notification") if settings.password else None

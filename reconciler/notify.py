@@ -311,7 +311,7 @@ class Notifier:
                 channels["webhook"] = lambda: self._post_webhook(self._resolve(webhook), alert_payload(alert))
             email = config.email
             if email is not None and alert_recipients(email, alert):
-                channels["email"] = lambda: self._send_email(email, alert)
+                channels["email"] = lambda: self._send_email(email, alert, config.outbound)
             self._deliver_once(key, channels, report)
         except Exception as exc:
             self.logger.error("owner alert for %s failed: %s", alert.campaign, redact(f"{type(exc).__name__}: {exc}"))
@@ -322,9 +322,9 @@ class Notifier:
         """AlertSink protocol."""
         return self.notify_owner(alert)
 
-    def _send_email(self, settings: EmailAlertSettings, alert: Alert) -> None:
+    def _send_email(self, settings: EmailAlertSettings, alert: Alert, policy: OutboundPolicy) -> None:
         try:
-            send_alert_email(settings, alert, environ=self.environ)
+            send_alert_email(settings, alert, environ=self.environ, policy=policy)
         except AlertEmailError as exc:
             raise NotifyError(str(exc)) from None
 

@@ -114,3 +114,18 @@ def test_no_address_no_mail() -> None:
     """An owner that is not an address and no `to`: nothing to send, no connection attempted."""
     settings = EmailAlertSettings.model_validate({"host": "127.0.0.1", "port": 9, "from": "h@example.com"})
     assert send_alert_email(settings, Alert("safety_block", "c", "team-growth", "blocked")) == []
+
+
+def test_a_non_public_smtp_host_needs_allow_networks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like webhooks, the SMTP host obeys the outbound policy: loopback only when allowed."""
+    from reconciler.outbound import OutboundPolicy, parse_networks
+
+    monkeypatch.setenv("SMTP_USER", SMTP_USER)
+    monkeypatch.setenv("SMTP_PASSWORD", SMTP_PASSWORD)
+    alert = Alert("safety_block", "c2", "owner@example.com", "blocked", {"run_id": "9"})
+    with smtp_server() as (mailbox, port):
+        with pytest.raises(AlertEmailError, match="allowNetworks"):
+            send_alert_email(_settings(port), alert, policy=OutboundPolicy(()))
+        assert mailbox.messages == []
+        allowed = OutboundPolicy(parse_networks(["127.0.0.0/8"]))
+        assert send_alert_email(_settings(port), alert, policy=allowed) == ["owner@example.com", "oncall@example.com"]
