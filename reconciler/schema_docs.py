@@ -389,7 +389,10 @@ def _facts(prop: dict[str, Any]) -> list[str]:
 
 
 def field_docs(model: str, field: str, prop: dict[str, Any]) -> dict[str, Any]:
-    """description, examples and markdownDescription for one field (only what the field lacks, plus markdown)."""
+    """description, examples and markdownDescription for one field (only what the field lacks, plus markdown).
+
+    The Markdown adds the allowed values, range, default and what `herald validate` checks beyond the
+    schema; editors render `examples` themselves, so the Markdown does not repeat them."""
     docs: dict[str, Any] = {}
     description = prop.get("description") or _lookup(DESCRIPTIONS, model, field)
     if description:
@@ -402,8 +405,5 @@ def field_docs(model: str, field: str, prop: dict[str, Any]) -> dict[str, Any]:
     note = _lookup(VALIDATE_NOTES, model, field)
     if note:
         parts.append(note)
-    if examples:
-        sample = json.dumps(examples[0], ensure_ascii=False)
-        parts.append(f"Example: `{field}: {sample}`")
     docs["markdownDescription"] = "\n\n".join(p for p in parts if p)
     return docs
