@@ -128,14 +128,17 @@ def test_each_mistake_is_reported_on_its_line(lsp: YamlLanguageServer, path: Pat
     assert marked
 
 
-def test_hover_shows_the_field_help(lsp: YamlLanguageServer) -> None:
-    path = ROOT / "campaigns" / "flash-sale.yaml"
+@pytest.mark.parametrize(("file", "key", "help_text"), [
+    ("campaigns/flash-sale.yaml", "owner", "E-mail of the owner"),
+    ("providers/twilio.yaml", "accountSid", "Twilio Account SID"),  # chosen by kind, then by type
+])
+def test_hover_shows_the_field_help(lsp: YamlLanguageServer, file: str, key: str, help_text: str) -> None:
+    path = ROOT / file
     lines = path.read_text(encoding="utf-8").splitlines()
     _diagnostics(lsp, path)
-    number = next(i for i, line in enumerate(lines) if line.strip().startswith("owner:"))
-    hover = lsp.hover(path.as_uri(), number, lines[number].index("owner") + 1)
-    text = json.dumps(hover)
-    assert "E-mail of the owner" in text and "Example" in text, text
+    number = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{key}:"))
+    text = json.dumps(lsp.hover(path.as_uri(), number, lines[number].index(key) + 1))
+    assert help_text in text and "Example" in text, text
 
 
 def test_a_modeline_covers_only_its_own_document(tmp_path: Path) -> None:
