@@ -178,3 +178,30 @@ def test_provider_callbacks_honour_the_description(api_schema: Any, daemon: Daem
         case.call_and_validate(checks=CHECKS)
 
     exercise()
+
+
+GENUINE_RECEIPTS = [  # (operation, provider, query, body, media type): well-formed callbacks, as the providers send them
+    ("POST /receipts/{provider}", "exotel-in", {}, {"SmsSid": "b6cf1e4bd4a1a2c7", "To": "+919876543210",
+                                                     "Status": "failed", "DetailedStatusCode": "30003"},
+     "application/x-www-form-urlencoded"),
+    ("POST /receipts/{provider}", "msg91-in", {}, {"requestId": "3763646c3058373530393938", "number": "919876543210",
+                                                    "status": "1", "desc": "DELIVERED"}, "application/json"),
+    ("GET /receipts/{provider}", "netcore-in", {"TID": "81234567890", "STATUS": "DELIVRD"}, None, None),
+    ("POST /receipts/{provider}", "acme-sms", {}, {"message_id": "msg_01HZX", "status": "undelivered",
+                                                   "error_code": "EXPIRED"}, "application/json"),
+]
+
+
+@pytest.mark.parametrize(("label", "provider", "query", "body", "media_type"), GENUINE_RECEIPTS,
+                         ids=[f"{label}-{provider}" for label, provider, *_ in GENUINE_RECEIPTS])
+def test_genuine_receipts_are_answered_as_described(api_schema: Any, daemon: Daemon, label: str, provider: str,
+                                                    query: dict[str, str], body: Any, media_type: str | None) -> None:
+    """The success answers too (random data rarely reaches them): recorded, and answered as described."""
+    operation = api_schema.find_operation_by_label(label)
+    token = receipt_token(daemon.engine.state.providers[provider])
+    assert token is not None
+    extra: dict[str, Any] = {} if body is None else {"body": body, "media_type": media_type}
+    case = api_schema.make_case(operation=operation, path_parameters={"provider": provider},
+                                query={**query, "token": token}, **extra)
+    response = case.call_and_validate(checks=CHECKS)
+    assert response.status_code in (200, 204), response.text
