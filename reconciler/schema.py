@@ -25,7 +25,6 @@ from pydantic_core import SchemaSerializer, core_schema
 
 from .models import KINDS
 from .models.common import ZONE_SCHEMA_MARK
-from .models.schema_rules import CRON_PATTERN
 from .schema_docs import field_docs
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -60,16 +59,6 @@ database or the template engine. tests/test_schema_editor.py proves each entry w
 combined schema accepts and `herald validate` rejects."""
 
 _VALIDATE_ONLY_TEXT = "Checked only by `herald validate`: " + "; ".join(VALIDATE_ONLY_CHECKS.values()) + "."
-
-_FIELD_OVERRIDES: dict[str, dict[str, Any]] = {
-    "SettingsSpec.defaultTimezone": {"$ref": "#/$defs/IanaZone"},
-    "FreezeWindow.cron": {"pattern": CRON_PATTERN},
-    "ProviderGroupSpec.providers": {"uniqueItems": True},
-    "ProviderGroupSpec.countries": {"uniqueItems": True},
-}
-"""Schema-only facts for models other engineers edit often (settings, groups): what the models'
-validators or herald validate enforce there. The other models carry theirs as json_schema_extra."""
-
 
 class _Generator(GenerateJsonSchema):
     """Pydantic's generator, minus the non-standard bits: no `discriminator`, no per-field titles."""
@@ -127,9 +116,6 @@ def _kind_schema(kind: str) -> dict[str, Any]:
     body = KINDS[kind].model_json_schema(mode="validation", schema_generator=_Generator)
     defs = body.pop("$defs", {})
     defs[kind] = body
-    for name, definition in defs.items():
-        for field, prop in definition.get("properties", {}).items():
-            prop.update(_FIELD_OVERRIDES.get(f"{name}.{field}", {}))
     defs = _replace_zone_marks(defs)
     if '"#/$defs/IanaZone"' in json.dumps(defs):
         defs["IanaZone"] = _iana_zone_def()
@@ -142,8 +128,8 @@ def _kind_schema(kind: str) -> dict[str, Any]:
 def _replace_zone_marks(value: Any) -> Any:
     """Every schema marked as a zone name (models.common.ZoneName) becomes a reference to IanaZone."""
     if isinstance(value, dict):
-        if value.get("$comment") == ZONE_SCHEMA_MARK:
-            return {"$ref": "#/$defs/IanaZone"}
+        if value.get("$comment") == ZONE_SCHEMA_MARK:  # keep the field's own keys (default, description)
+            return {**{k: v for k, v in value.items() if k not in ("type", "$comment")}, "$ref": "#/$defs/IanaZone"}
         return {key: _replace_zone_marks(item) for key, item in value.items()}
     if isinstance(value, list):
         return [_replace_zone_marks(item) for item in value]

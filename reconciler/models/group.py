@@ -19,9 +19,11 @@ class CircuitBreaker(StrictModel):
 
 class ProviderGroupSpec(StrictModel):
     providers: list[str] = Field(
+        json_schema_extra={"uniqueItems": True},  # herald validate: "listed twice"
         min_length=1, max_length=MAX_PROVIDERS_PER_GROUP, description=f"Provider names in priority order (at most {MAX_PROVIDERS_PER_GROUP})."
     )
-    countries: list[CountryCode] = Field(default_factory=list, description="Route numbers of these countries here.")
+    countries: list[CountryCode] = Field(default_factory=list, description="Route numbers of these countries here.",
+                                         json_schema_extra={"uniqueItems": True})  # herald validate: routed once
     default: bool = Field(default=False, description="Used for numbers no country group claims. At most one.")
     circuitBreaker: CircuitBreaker = Field(default_factory=CircuitBreaker)
     inDoubt: InDoubtPolicy = Field(

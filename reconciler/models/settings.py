@@ -7,7 +7,16 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from .campaign import DndWindow
-from .common import MAX_COUNT, DocumentBase, Duration, NonNegativeDuration, SecretValue, StrictModel
+from .common import (
+    MAX_COUNT,
+    CronExpression,
+    DocumentBase,
+    Duration,
+    NonNegativeDuration,
+    SecretValue,
+    StrictModel,
+    ZoneName,
+)
 
 
 class GlobalFrequencyCap(StrictModel):
@@ -106,7 +115,7 @@ class CatchUp(StrictModel):
 
 
 class FreezeWindow(StrictModel):
-    cron: str
+    cron: CronExpression
     duration: Duration
     deliveries: Literal["continue", "pause"] = "continue"
 
@@ -132,7 +141,7 @@ class OutboundSettings(StrictModel):
 
 
 class SettingsSpec(StrictModel):
-    defaultTimezone: str = "UTC"
+    defaultTimezone: ZoneName = "UTC"
     frequencyCap: GlobalFrequencyCap | None = None
     dnd: DndWindow | None = None
     safety: SafetyDefaults = Field(default_factory=SafetyDefaults)
