@@ -8,6 +8,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from .models import KINDS
+from .models.common import (
+    CLOCK_PATTERN,
+    DURATION_PATTERN,
+    NON_NEGATIVE_DURATION_PATTERN,
+    POSITIVE_DURATION_PATTERN,
+)
+from .models.schema_rules import CRON_PATTERN, LOCAL_DATETIME_PATTERN
 
 HEADER = """# Field reference
 
@@ -110,8 +117,18 @@ def _type(prop: dict[str, Any]) -> str:
     if kind == "object" and "allOf" in prop:
         return "object (by `" + prop.get("required", ["type"])[0] + "`)"
     if kind == "string" and "pattern" in prop:
-        return "string (pattern)"
+        return NAMED_PATTERNS.get(prop["pattern"], "string (pattern)")
     return str(kind or "any")
+
+
+NAMED_PATTERNS = {
+    LOCAL_DATETIME_PATTERN: "date-time (offset optional)",
+    CRON_PATTERN: "cron expression",
+    POSITIVE_DURATION_PATTERN: "duration (> 0)",
+    NON_NEGATIVE_DURATION_PATTERN: "duration (>= 0)",
+    DURATION_PATTERN: "duration (signed)",
+    CLOCK_PATTERN: "clock time HH:MM",
+}
 
 
 def _json(value: Any) -> str:
