@@ -42,7 +42,8 @@ REAL_BASE_URL = "https://rest.nexmo.com"
 REPORTS_BASE_URL = "https://api.nexmo.com"  # the Reports API lives on another host than the SMS API
 LOOKUP_MARGIN = timedelta(minutes=2)
 MAX_SYNC_WINDOW = timedelta(hours=24)  # the synchronous records call refuses longer date ranges
-# Vonage documents no delay before a record shows in the Reports API; a minute is a conservative guess.
+# Vonage documents no delay before a record shows in the Reports API; a minute is a conservative guess
+# (https://developer.vonage.com/en/reports/overview: "synchronous ... for frequent retrievals").
 DEFAULT_LOOKUP_DELAY = 60.0
 CLIENT_REF_MAX = 100
 RETRYABLE_STATUSES = frozenset({"1", "5"})  # throttled, internal error
