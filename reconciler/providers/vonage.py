@@ -43,7 +43,7 @@ REPORTS_BASE_URL = "https://api.nexmo.com"  # the Reports API lives on another h
 LOOKUP_MARGIN = timedelta(minutes=2)
 MAX_SYNC_WINDOW = timedelta(hours=24)  # the synchronous records call refuses longer date ranges
 # Vonage documents no delay before a record shows in the Reports API; a minute is a conservative guess
-# (https://developer.vonage.com/en/reports/overview: "synchronous ... for frequent retrievals").
+# (https://developer.vonage.com/en/reports/overview; the synchronous records call suits small, frequent reads).
 DEFAULT_LOOKUP_DELAY = 60.0
 CLIENT_REF_MAX = 100
 RETRYABLE_STATUSES = frozenset({"1", "5"})  # throttled, internal error
