@@ -9,11 +9,12 @@ or with file names a checkout cannot hold are generated here (GENERATED).
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,23 +88,36 @@ class Run:
     max_rss_bytes: int
 
 
+# The command is started by this small launcher rather than by pytest itself: Linux carries a process's
+# peak-RSS mark across fork and exec, so a child forked from a large pytest process (400+ MB in a full
+# run) would report pytest's size. Forked from the freshly exec'ed launcher, it reports its own.
+LAUNCHER = """
+import json, os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    json.dump({"status": status, "cpu": usage.ru_utime + usage.ru_stime, "maxrss": usage.ru_maxrss}, out)
+"""
+
+
 def run_measured(args: list[str]) -> Run:
-    """Run `args`; its own CPU time and peak RSS from os.wait4 (not shared with other children)."""
-    with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + WALL_LIMIT_SECONDS
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        while not pid:
-            if time.monotonic() > deadline:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.02)
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; Popen must not wait again
-        out.seek(0)
-        output = out.read().decode("utf-8", "replace")
-    return Run(proc.returncode, output, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024)
+    """Run `args`; its own exit code, CPU time and peak RSS (os.wait4 on it, in the launcher)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report, output_path = Path(tmp) / "usage.json", Path(tmp) / "output"
+        with output_path.open("wb") as out:
+            proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(report), *args], stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                proc.wait(timeout=WALL_LIMIT_SECONDS)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        usage = json.loads(report.read_text()) if report.exists() else {"status": -1, "cpu": 0.0, "maxrss": 0}
+        output = output_path.read_bytes().decode("utf-8", "replace")
+    return Run(os.waitstatus_to_exitcode(usage["status"]) if usage["status"] >= 0 else -9, output,
+               usage["cpu"], usage["maxrss"] * 1024)
 
 
 def _shown(path: str) -> str:
