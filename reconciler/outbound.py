@@ -15,7 +15,9 @@ and notification webhooks, the GitHub API base. Every such URL is
 3. re-checked at request time after DNS resolution: every address the name resolves to must pass,
    and the request connects to the checked address (`pin`: the URL carries the address, the Host
    header and TLS SNI/certificate check keep the name), so a second lookup cannot swap in another
-   address. Redirects are never followed: a 3xx answer is a failure.
+   address. Redirects are never followed: a 3xx answer is a failure. Generic HTTP providers get the
+   same check from the provider client's resolver (providers/transport.py `CheckedResolver`): every
+   address of the answer must pass and aiohttp connects only to those addresses.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ MAX_DECODE_ROUNDS = 8
 
 class OutboundRefused(ValueError):
     """A URL the policy refuses; the message says why (never a secret: URLs are redacted by callers)."""
+
+
+class Unresolvable(OutboundRefused):
+    """The host name does not resolve (perhaps only for now: a DNS outage is not a policy refusal)."""
 
 
 @dataclass(frozen=True)
@@ -192,6 +198,14 @@ class OutboundPolicy:
         subject = f"{host} resolves to {address}," if host else f"{address} is"
         return f"{subject} {article} {kind} address; allow it in Settings spec.outbound.allowNetworks or {ALLOW_ENV}"
 
+    def addresses_refusal(self, addresses: Iterable[Address], host: str | None = None) -> str | None:
+        """Why a request may not go to `host` answering `addresses` (every one must pass), else None."""
+        for address in addresses:
+            refusal = self.address_refusal(address, host)
+            if refusal:
+                return refusal
+        return None
+
 
 def resolve_host(host: str, port: int) -> list[Address]:
     """Every address `host` resolves to (a literal address: itself). OutboundRefused when none."""
@@ -201,14 +215,14 @@ def resolve_host(host: str, port: int) -> list[Address]:
     try:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
     except (OSError, UnicodeError):
-        raise OutboundRefused(f"{host} does not resolve") from None
+        raise Unresolvable(f"{host} does not resolve") from None
     addresses: list[Address] = []
     for info in infos:
         address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
         if address not in addresses:
             addresses.append(address)
     if not addresses:
-        raise OutboundRefused(f"{host} does not resolve")
+        raise Unresolvable(f"{host} does not resolve")
     return addresses
 
 
@@ -248,10 +262,9 @@ def pin(url: str, policy: OutboundPolicy, addresses: Sequence[Address] | None = 
     if addresses is None:
         addresses = resolve_host(target.host, target.port)
     literal = literal_address(target.host) is not None
-    for address in addresses:
-        refusal = policy.address_refusal(address, None if literal else target.host)
-        if refusal:
-            raise OutboundRefused(refusal)
+    refusal = policy.addresses_refusal(addresses, None if literal else target.host)
+    if refusal:
+        raise OutboundRefused(refusal)
     chosen = addresses[0]
     if literal:
         return PinnedRequest(target.url, target=target)

@@ -302,14 +302,26 @@ class Found:
     provider_message_id: str | None  # None: the provider has no such message
 
 
+OUTBOUND_POLICY = "herald.outbound_policy"  # request extension: the OutboundPolicy the request must obey
+
+
+class OutboundBlocked(httpx.ConnectError):
+    """The outbound URL policy refused the request's host or one of the addresses it resolves to
+    (outbound.py): no connection was opened, nothing was sent. The message is the policy's reason."""
+
+
 # Connect failures happen before a byte of the request is written, and a LocalProtocolError (e.g. a
 # header with a newline) stops the request before it is sent: the provider cannot have it.
 REFUSED_BEFORE_WRITE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.LocalProtocolError)
 
 
 def transport_error(exc: httpx.TransportError, waited: float) -> ProviderError:
-    """A transport failure, classified: refused (nothing was written) or in doubt (it may have arrived)."""
+    """A transport failure, classified: refused (nothing was written) or in doubt (it may have arrived).
+    A policy refusal (OutboundBlocked) is final: trying again would be refused again."""
     name = type(exc).__name__
+    if isinstance(exc, OutboundBlocked):
+        return ProviderError(f"refused by the outbound URL policy, nothing was sent: {exc}", retryable=False,
+                             scope="provider")
     if isinstance(exc, httpx.LocalProtocolError):
         return ProviderError(f"the request could not be sent ({name}); check the provider's settings and "
                              "secrets", retryable=False, scope="provider")

@@ -9,6 +9,14 @@ Batched body shapes:
   join: array  -> {**globals, <key>: [{…body for recipient 1…}, {…}]} (form/query: <key> holds that list as JSON)
   join: comma  -> {**globals, **body} where fields holding $$To or $$MessageID are joined by commas;
                   recipients are grouped by identical remaining fields (one request per distinct text).
+
+The URL comes from the desired state, so the outbound URL policy applies at send time: each request
+carries `outbound` (Settings spec.outbound.allowNetworks + HERALD_OUTBOUND_ALLOW) and the provider
+client resolves its host, checks every address and connects only to a checked one (transport.py); a
+refusal fails the messages for this provider with the reason (nothing was sent). `outbound` is None
+only when the operator re-rooted the URL onto HERALD_PROVIDER_BASE_URL (the mock). Header secrets
+must be in Settings spec.secrets.allow (`header_allow`), checked when the adapter is built, i.e. for
+every applied state the daemon sends with.
 """
 
 from __future__ import annotations
@@ -23,8 +31,10 @@ import httpx
 
 from ..models.common import Secret
 from ..models.provider import GenericHttpSpec
-from ..secrets import redact, resolve_formatted, resolve_secret
+from ..outbound import OutboundPolicy
+from ..secrets import redact, resolve_formatted, resolve_secret, secret_name
 from .base import (
+    OUTBOUND_POLICY,
     OutboundMessage,
     Outcome,
     ProviderAdapter,
@@ -61,15 +71,22 @@ class GenericHttpAdapter(ProviderAdapter):
     type = "generic_http"
 
     def __init__(self, name: str, spec: GenericHttpSpec, client: httpx.AsyncClient, url: str,
-                 environ: dict[str, str] | None = None) -> None:
+                 environ: dict[str, str] | None = None, *, outbound: OutboundPolicy | None = None,
+                 header_allow: Sequence[str] | None = None) -> None:
+        """`outbound`: the policy every request must pass (None: exempt, see the module docstring).
+        `header_allow`: Settings spec.secrets.allow (None: not wired to Settings, only the HERALD_*
+        rule applies). SecretError when a header secret is refused or missing."""
         super().__init__(name, client, url, spec.timeoutSeconds)
         self.spec = spec
         self.url = url
+        self.outbound = outbound
         self.parsed_url = httpx.URL(url) if "$$" not in url else None
         self.batching = spec.batching if spec.batching and spec.batching.enabled else None
         self.max_batch = self.batching.size if self.batching else 1
-        self.secret_headers = {k: resolve_formatted(v, environ) for k, v in spec.headers.items()
-                               if isinstance(v, Secret)}
+        self.secret_headers = {
+            k: resolve_formatted(v, environ, use="header",
+                                 allow=[secret_name(v.secretRef)] if header_allow is None else header_allow)
+            for k, v in spec.headers.items() if isinstance(v, Secret)}
         self.text_headers = {k: v for k, v in spec.headers.items() if isinstance(v, str)}
         self.authorization = self._authorization(environ)
         if self.batching:
@@ -159,10 +176,14 @@ class GenericHttpAdapter(ProviderAdapter):
         headers = self._headers(batch, shared)
         payload = self._payload(batch, shared)
         if self.spec.bodyFormat == "json":
-            return self.make_request(self.spec.method, url, headers, json_payload=payload)
-        if self.spec.bodyFormat == "form":
-            return self.make_request(self.spec.method, url, headers, form=payload)
-        return self.make_request(self.spec.method, url, headers, params=payload)
+            request = self.make_request(self.spec.method, url, headers, json_payload=payload)
+        elif self.spec.bodyFormat == "form":
+            request = self.make_request(self.spec.method, url, headers, form=payload)
+        else:
+            request = self.make_request(self.spec.method, url, headers, params=payload)
+        if self.outbound is not None:
+            request.extensions[OUTBOUND_POLICY] = self.outbound
+        return request
 
     # -- answers -----------------------------------------------------------------------------
 

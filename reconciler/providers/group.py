@@ -230,8 +230,8 @@ class GroupRouter:
                 built = ProviderError(f"unknown provider '{provider_name}'", retryable=False, scope="provider")
             else:
                 try:
-                    built = build_adapter(provider, self.client, self.config, self.environ)
-                except (SecretError, ProviderConfigError) as exc:
+                    built = build_adapter(provider, self.client, self.config, self.environ, self.state.settings)
+                except (SecretError, ProviderConfigError, ValueError) as exc:
                     built = ProviderError(f"provider {provider_name} is misconfigured: {exc}",
                                           retryable=False, scope="provider")
             self._adapters[provider_name] = built

@@ -12,7 +12,7 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 
 from ..config import RuntimeConfig
-from ..models import Provider
+from ..models import Provider, Settings
 from ..models.common import Secret
 from ..models.provider import (
     ExotelSpec,
@@ -22,6 +22,7 @@ from ..models.provider import (
     TwilioSpec,
     VonageSpec,
 )
+from ..outbound import OutboundPolicy
 from ..secrets import REDACTOR, resolve_secret
 from . import exotel, msg91, netcore, twilio, vonage
 from .base import ProviderAdapter
@@ -60,6 +61,17 @@ def base_url_for(provider: Provider, config: RuntimeConfig | None = None) -> str
         root = f"{config.provider_base_url.rstrip('/')}/{spec.type}"
         return f"{root}/{provider.name}" if isinstance(spec, GenericHttpSpec) else root
     return real_base_url(provider)
+
+
+def generic_policy(provider: Provider, config: RuntimeConfig | None, settings: Settings | None,
+                   environ: dict[str, str] | None = None) -> OutboundPolicy | None:
+    """The outbound policy a generic provider's requests must pass: Settings spec.outbound.allowNetworks
+    plus HERALD_OUTBOUND_ALLOW. None (exempt) only when its URL is re-rooted onto the operator's
+    HERALD_PROVIDER_BASE_URL (the mock): that address comes from the environment, not from a commit."""
+    spec = provider.spec
+    if not spec.baseUrl and config and config.provider_base_url:
+        return None
+    return OutboundPolicy.from_settings(settings, environ)
 
 
 def generic_url(provider: Provider, config: RuntimeConfig | None = None) -> str:
@@ -133,8 +145,11 @@ def with_public_callback(provider: Provider, config: RuntimeConfig | None,
 
 
 def build_adapter(provider: Provider, client: httpx.AsyncClient, config: RuntimeConfig | None = None,
-                  environ: dict[str, str] | None = None) -> ProviderAdapter:
-    """Resolve the provider's secrets (SecretError when missing) and return its adapter."""
+                  environ: dict[str, str] | None = None, settings: Settings | None = None) -> ProviderAdapter:
+    """Resolve the provider's secrets (SecretError when missing or refused) and return its adapter.
+
+    `settings`: the applied Settings. Generic HTTP providers then take header secrets only from
+    spec.secrets.allow, and their requests obey the outbound URL policy (generic_policy)."""
     provider = with_public_callback(provider, config, environ)
     spec, name = provider.spec, provider.name
     base = base_url_for(provider, config)
@@ -150,7 +165,9 @@ def build_adapter(provider: Provider, client: httpx.AsyncClient, config: Runtime
         return ExotelAdapter(name, spec, client, base, environ, status_callback=callback)
     if isinstance(spec, NetcoreSpec):
         return NetcoreAdapter(name, spec, client, base, environ)
-    return GenericHttpAdapter(name, spec, client, generic_url(provider, config), environ)
+    allow = settings.spec.secrets.allow if settings is not None else None
+    return GenericHttpAdapter(name, spec, client, generic_url(provider, config), environ,
+                              outbound=generic_policy(provider, config, settings, environ), header_allow=allow)
 
 
 def default_client(max_connections: int = 100) -> httpx.AsyncClient:

@@ -7,36 +7,102 @@ client sends through it when aiohttp is installed. Timeouts and transport failur
 httpx's exception classes so error classification is the same with either transport: a connect
 failure or connect timeout (nothing written) becomes ConnectError/ConnectTimeout, a timeout once
 connected ReadTimeout, any other failure RemoteProtocolError (the last two leave the send in doubt).
+
+Outbound URL policy: a request carrying an OutboundPolicy in `request.extensions[OUTBOUND_POLICY]`
+(generic HTTP providers whose URL comes from the desired state) goes through a session of its own
+for that policy, whose resolver (CheckedResolver) resolves the host and checks EVERY address with the
+policy before aiohttp connects; aiohttp then connects only to the addresses the resolver returned,
+so a second DNS answer cannot swap in another address. A literal-address host (which aiohttp does not
+resolve) is checked here before the request. Answers are cached for OUTBOUND_DNS_SECONDS per host
+(aiohttp's DNS cache, per policy session; refusals are not cached). A refusal raises OutboundBlocked
+(a ConnectError: nothing was sent). Redirects are never followed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import socket
 from typing import Any
 
 import aiohttp
 import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from .. import outbound
+from ..outbound import OutboundPolicy
+from .base import OUTBOUND_POLICY, OutboundBlocked
 
 HOP_BY_HOP = frozenset({"host", "content-length", "connection", "transfer-encoding", "keep-alive"})
+OUTBOUND_DNS_SECONDS = 30  # how long a checked answer is reused per host (aiohttp's DNS cache)
+_NUMERIC = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
+
+
+class _Refused(OSError):
+    """Raised by CheckedResolver; aiohttp wraps OSErrors from resolvers in ClientConnectorDNSError."""
+
+
+class CheckedResolver(AbstractResolver):
+    """Resolves with outbound.resolve_host (in a thread) and returns the addresses only when every one
+    passes `policy`; otherwise raises, so aiohttp never connects to a refused address."""
+
+    def __init__(self, policy: OutboundPolicy) -> None:
+        self.policy = policy
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        try:
+            addresses = await asyncio.to_thread(outbound.resolve_host, host, port)
+        except outbound.Unresolvable as exc:
+            raise OSError(str(exc)) from None  # a DNS failure: not connected, may be retried
+        refusal = self.policy.addresses_refusal(addresses, host)
+        if refusal:
+            raise _Refused(refusal)
+        results = [ResolveResult(hostname=host, host=str(a), port=port, proto=0, flags=_NUMERIC,
+                                 family=socket.AF_INET6 if a.version == 6 else socket.AF_INET)
+                   for a in addresses]
+        wanted = [r for r in results if family in (socket.AF_UNSPEC, r["family"])]
+        if not wanted:
+            raise OSError(f"{host} has no address of the requested family")
+        return wanted
+
+    async def close(self) -> None:
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def literal_refusal(policy: OutboundPolicy, host: str) -> str | None:
+    """The policy's refusal of a literal-address host (None: allowed, or a name for the resolver)."""
+    address = outbound.literal_address(host)
+    return policy.address_refusal(address) if address is not None else None
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
     def __init__(self, max_connections: int = 100, keepalive_seconds: float = 30.0) -> None:
         self.max_connections = max_connections
         self.keepalive_seconds = keepalive_seconds
-        self._session: aiohttp.ClientSession | None = None
+        self._sessions: dict[OutboundPolicy | None, aiohttp.ClientSession] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _session_for_loop(self) -> aiohttp.ClientSession:
+    def _session_for(self, policy: OutboundPolicy | None) -> aiohttp.ClientSession:
+        """The session for this event loop and policy (None: no policy, the provider's own API)."""
         loop = asyncio.get_running_loop()
-        if self._session is None or self._loop is not loop or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=self.max_connections,
-                                             keepalive_timeout=self.keepalive_seconds, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                                  skip_auto_headers=("User-Agent", "Accept-Encoding"),
-                                                  trust_env=False)
+        if self._loop is not loop:
+            self._sessions = {}  # another loop's sessions cannot be used (or closed) from this one
             self._loop = loop
-        return self._session
+        session = self._sessions.get(policy)
+        if session is None or session.closed:
+            session = self._sessions[policy] = self._new_session(policy)
+        return session
+
+    def _new_session(self, policy: OutboundPolicy | None) -> aiohttp.ClientSession:
+        options: dict[str, Any] = {"ttl_dns_cache": 300}
+        if policy is not None:
+            options = {"ttl_dns_cache": OUTBOUND_DNS_SECONDS, "resolver": CheckedResolver(policy)}
+        connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=self.max_connections,
+                                         keepalive_timeout=self.keepalive_seconds, **options)
+        return aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                     skip_auto_headers=("User-Agent", "Accept-Encoding"), trust_env=False)
 
     @staticmethod
     def _timeout(request: httpx.Request) -> aiohttp.ClientTimeout:
@@ -46,7 +112,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                                      sock_read=timeouts.get("read"))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        session = self._session_for_loop()
+        policy: OutboundPolicy | None = request.extensions.get(OUTBOUND_POLICY)
+        if policy is not None:
+            refusal = literal_refusal(policy, request.url.host)
+            if refusal:
+                raise OutboundBlocked(refusal, request=request)
+        session = self._session_for(policy)
         body = await request.aread()
         headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() not in HOP_BY_HOP]
         try:
@@ -62,15 +133,18 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         except ValueError as exc:  # an unsendable header (control character): refused before a byte went out
             raise httpx.LocalProtocolError(f"request not sent: {type(exc).__name__}", request=request) from exc
         except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, _Refused):
+                raise OutboundBlocked(str(exc.os_error), request=request) from None
             raise httpx.ConnectError(str(exc), request=request) from exc
         except aiohttp.ClientError as exc:
             raise httpx.RemoteProtocolError(f"{type(exc).__name__}: {exc}", request=request) from exc
         return httpx.Response(status, headers=raw_headers, content=content, request=request)
 
     async def aclose(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            if not session.closed:
+                await session.close()
 
 
 class ProviderClient(httpx.AsyncClient):
