@@ -230,3 +230,13 @@ async def test_a_header_secret_removed_from_the_allow_list_after_apply_is_refuse
     assert refused.status == "failed" and not refused.retryable
     assert "spec.secrets.allow" in refused.error and ENV["ACME_KEY"] not in refused.error
     assert len(seen) == 1
+
+
+@pytest.mark.anyio
+async def test_a_name_that_does_not_resolve_is_a_retryable_connect_failure_not_a_policy_refusal(server, dns) -> None:
+    port, seen = server
+    dns["answers"] = []
+    (result,) = await send(desired(f"http://{HOST}:{port}/v1/send", ["127.0.0.0/8"]))
+    assert result.status == "failed" and result.retryable  # a DNS outage may pass; nothing was sent
+    assert "not connected" in result.error and "outbound URL policy" not in result.error
+    assert seen == [] and dns["lookups"] >= 2  # tried again (not cached)
