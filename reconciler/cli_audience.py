@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,8 +27,10 @@ from .audience.records import RecordError, parse_timestamp
 from .audience.semantics import PredicateError
 from .audience.store import AudienceStore, AudienceStoreError, open_audience_store
 from .cli_progress import Progress, count_lines, progress_bar, shows_progress
+from .cli_state import _actor_option, _state_option
 from .clock import SystemClock
 from .config import RuntimeConfig
+from .consent import IngestLedger
 from .diagnostics import render_diagnostics
 from .models import Campaign
 from .secrets import redact
@@ -93,7 +96,8 @@ def _progress_printer(label: str, bar: Progress) -> Any:
     return show
 
 
-def _run_ingest(kind: str, file: Path, fmt: str | None, batch_size: int, store_url: str | None) -> None:
+def _run_ingest(kind: str, file: Path, fmt: str | None, batch_size: int, store_url: str | None,
+                ledger: IngestLedger | None = None) -> None:
     now = SystemClock().now()
     label = f"{kind} {file.name}"
     rows = count_lines(file) if shows_progress() else 0  # a bar's length; only worth reading twice on a terminal
@@ -101,11 +105,15 @@ def _run_ingest(kind: str, file: Path, fmt: str | None, batch_size: int, store_u
             progress_bar(rows, label, show=lambda r: f"{r.rejected:,} rejected" if r else None) as bar:
         try:
             report = ingest_file(store, file, kind, now=now, fmt=fmt, batch_size=batch_size,  # type: ignore[arg-type]
-                                 progress=_progress_printer(label, bar))
+                                 progress=_progress_printer(label, bar), on_consent=ledger)
         except (OSError, RecordError) as exc:
             raise click.ClickException(str(exc)) from None
         except AudienceStoreError as exc:
             raise click.ClickException(redact(str(exc))) from None
+        finally:
+            if ledger is not None:
+                ledger.close()
+                _report_ledger(ledger)
     for error in report.errors[:MAX_PRINTED_ERRORS]:
         click.echo(f"{file}:{error.line}: {error.message}", err=True)
     if report.rejected > min(len(report.errors), MAX_PRINTED_ERRORS):
@@ -116,6 +124,34 @@ def _run_ingest(kind: str, file: Path, fmt: str | None, batch_size: int, store_u
     click.echo(f"{kind}: {report.accepted:,} stored, {report.rejected:,} rejected of {report.rows:,} rows{invalid}",
                err=bool(report.rejected))
     sys.exit(1 if report.rejected else 0)
+
+
+def _report_ledger(ledger: IngestLedger) -> None:
+    """Say where the ingest's consent changes were recorded, and name each one that was not."""
+    if ledger.recorded:
+        click.echo(f"consent: {ledger.recorded:,} opt-out/opt-in changes recorded in {ledger.where} "
+                   "(source ingest; 'herald optouts' lists them)", err=True)
+    if not ledger.unrecorded:
+        return
+    click.echo(f"{ledger.file}: {ledger.unrecorded:,} consent changes are in the audience store (sends honour "
+               f"them) but NOT in the consent ledger, so 'herald optouts' will not list them: state store {ledger.where}: "
+               f"{ledger.error}",
+               err=True)
+    for row in ledger.unrecorded_rows[:MAX_PRINTED_ERRORS]:
+        click.echo(f"{ledger.file}:{row.line}: not recorded: user {row.user_id} "
+                   f"{'opted out' if row.opted_out else 'opted in'}", err=True)
+    if ledger.unrecorded > MAX_PRINTED_ERRORS:
+        click.echo(f"{ledger.file}: ... and {ledger.unrecorded - MAX_PRINTED_ERRORS:,} more not recorded", err=True)
+
+
+def _ledger(file: Path, state_url: str, actor: str) -> IngestLedger:
+    """Consent changes of a users ingest go to the state store at `state_url` (opened, and created when
+    it is a new SQLite file, at the first change)."""
+    from .store import open_state_store
+
+    shown = redact(re.sub(r"(://)[^/@]+@", r"\1***@", state_url))
+    return IngestLedger(lambda: open_state_store(state_url, clock=SystemClock()), SystemClock(), actor, str(file),
+                        where=shown)
 
 
 _format_option = click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default=None,
@@ -130,9 +166,16 @@ _store_option = click.option("--store", "store_url", default=None, metavar="URL"
 @_format_option
 @_batch_option
 @_store_option
-def ingest_users(file: Path, fmt: str | None, batch_size: int, store_url: str | None) -> None:
-    """Upsert users from FILE. Exit 1 when any row was rejected (each is listed with its line)."""
-    _run_ingest("users", file, fmt, batch_size, store_url)
+@_state_option
+@_actor_option
+def ingest_users(file: Path, fmt: str | None, batch_size: int, store_url: str | None, state_url: str,
+                 actor: str) -> None:
+    """Upsert users from FILE. Exit 1 when any row was rejected (each is listed with its line).
+
+    Each opt-out or opt-in the file changes is recorded in the consent ledger of the state store
+    (--state; source ingest, message FILE:LINE). If that store cannot be opened or written, the
+    ingest still completes and names each change that was not recorded."""
+    _run_ingest("users", file, fmt, batch_size, store_url, _ledger(file, state_url, actor))
 
 
 @ingest.command("events")

@@ -7,7 +7,10 @@ Invariants:
   was queued (time-zone or DND delay, retry) gets a `skipped: opted_out`, never the message.
 - Every change is recorded in the append-only audit log as action `consent` (kind `Consent`, name the
   phone number or user id) with its source (keyword, provider_error, api, ingest), time, the message
-  that caused it and the provider; `herald optouts` exports the ledger from there.
+  that caused it and the provider; `herald optouts` exports the ledger from there. A bulk
+  `herald ingest users FILE` records the changes it made (source ingest, message FILE:LINE) through
+  IngestLedger, one audit append per ingest batch.
+- The daemon counts every recorded change in `herald_consent_changes_total{source,change}`.
 - A reply is a keyword only when the whole trimmed message is one (case-insensitive, trailing
   punctuation ignored), as carriers and Twilio match them: "stop" opts out, "please don't stop" does not.
 """
@@ -17,8 +20,8 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -30,11 +33,13 @@ from .secrets import redact
 from .store.base import AuditQuery
 
 if TYPE_CHECKING:
+    from .audience.ingest import ConsentRow
     from .audience.store import AudienceStore
+    from .clock import Clock
     from .loading import DesiredState
     from .providers.group import GroupRouter
     from .runtime import Runtime
-    from .store.base import OutboxRow, StateStore
+    from .store.base import AuditRecord, OutboxRow, StateStore
 
 LOG = logging.getLogger("herald.consent")
 CONSENT = "consent"
@@ -45,6 +50,7 @@ MAX_MESSAGE_STORED = 320
 # At most one auto-reply per number and keyword in this span: a user repeating HELP, or another
 # auto-responder answering ours, costs one message, not a loop. The consent change is always recorded.
 REPLY_COOLDOWN = timedelta(minutes=10)
+MAX_UNRECORDED_KEPT = 1000
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,11 @@ class ConsentChange:
     def details(self) -> dict[str, Any]:
         return {"phone": self.phone, "users": list(self.user_ids), "opted_out": self.opted_out,
                 "source": self.source, "message": self.message, "provider": self.provider}
+
+    def audit_entry(self, actor: str) -> AuditRecord:
+        return audit.audit_record(CONSENT, at=self.at, actor=actor, kind="Consent",
+                                  name=self.phone or (self.user_ids[0] if self.user_ids else None),
+                                  details=self.details())
 
 
 def settings_of(state: DesiredState | None) -> ConsentSettings:
@@ -118,9 +129,8 @@ def record_change(rt: Runtime, *, phone: str | None, opted_out: bool, source: So
         rt.audience.set_opted_out(ids, opted_out, now=now)
     text = redact(message)[:MAX_MESSAGE_STORED] if message else None
     change = ConsentChange(phone, ids, opted_out, source, now, text, provider)
-    rt.store.append_audit([audit.audit_record(
-        CONSENT, at=now, actor=rt.actor, kind="Consent", name=phone or (ids[0] if ids else None),
-        details=change.details())])
+    rt.store.append_audit([change.audit_entry(rt.actor)])
+    count_changes(rt, [change])
     LOG.info("consent: %s %s (%s via %s)", phone or ",".join(ids), "opted out" if opted_out else "opted in",
              source, provider or "-")
     return change
@@ -132,10 +142,67 @@ def record_ingested(rt: Runtime, changes: Sequence[tuple[str, str | None, bool]]
     recorded = [ConsentChange(phone, (user_id,), opted_out, "ingest", now, "user record")
                 for user_id, phone, opted_out in changes]
     if recorded:
-        rt.store.append_audit([audit.audit_record(
-            CONSENT, at=now, actor=rt.actor, kind="Consent", name=c.phone or c.user_ids[0], details=c.details())
-            for c in recorded])
+        rt.store.append_audit([c.audit_entry(rt.actor) for c in recorded])
+        count_changes(rt, recorded)
     return recorded
+
+
+def count_changes(rt: Runtime, changes: Iterable[ConsentChange]) -> None:
+    """herald_consent_changes_total{source, change="opt_out"|"opt_in"}, once per recorded change."""
+    for change in changes:
+        rt.metrics.consent_changes.labels(source=change.source,
+                                          change="opt_out" if change.opted_out else "opt_in").inc()
+
+
+@dataclass
+class IngestLedger:
+    """The consent ledger of one bulk `herald ingest users FILE`: each stored batch's changes are
+    appended to the state store's audit log in one write (source `ingest`, message `FILE:LINE`, the
+    clock's time when the batch was stored).
+
+    Invariants: the state store is opened at the first change, so an ingest that changes no consent
+    never touches it. A state store that cannot be opened or written never fails the ingest (the
+    audience store already holds the change, and every send honours it): from the first failure on,
+    no write is tried again, every change is counted in `unrecorded` (the first MAX_UNRECORDED_KEPT
+    kept in `unrecorded_rows` to be named) and `error` says why."""
+
+    open_store: Callable[[], StateStore]
+    clock: Clock
+    actor: str
+    file: str
+    where: str = "the state store"  # shown to people: the store's URL without credentials
+    recorded: int = 0
+    unrecorded: int = 0
+    unrecorded_rows: list[ConsentRow] = field(default_factory=list)
+    error: str | None = None
+    _store: StateStore | None = field(default=None, init=False, repr=False)
+
+    def __call__(self, rows: list[ConsentRow]) -> None:
+        if self.error is None:
+            try:
+                self._append(rows)
+                return
+            except Exception as exc:  # the state store is down or refuses: the ingest goes on
+                first = (str(exc).strip().splitlines() or [""])[0][:200]
+                self.error = redact(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
+                LOG.warning("consent changes of %s not recorded: %s", self.file, self.error)
+        self.unrecorded += len(rows)
+        self.unrecorded_rows.extend(rows[:max(0, MAX_UNRECORDED_KEPT - len(self.unrecorded_rows))])
+
+    def _append(self, rows: list[ConsentRow]) -> None:
+        if self._store is None:
+            self._store = self.open_store()
+        now = self.clock.now()
+        self._store.append_audit_bulk([
+            ConsentChange(row.phone, (row.user_id,), row.opted_out, "ingest", now,
+                          f"{self.file}:{row.line}"[-MAX_MESSAGE_STORED:]).audit_entry(self.actor)
+            for row in rows])
+        self.recorded += len(rows)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
 
 def user_language(audience: AudienceStore, user_ids: Sequence[str]) -> str | None:

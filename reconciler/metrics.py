@@ -32,6 +32,9 @@ class Metrics:
         self.rate_limit_wait = Counter("herald_rate_limit_wait_seconds_total",
                                        "Seconds workers waited for send-rate tokens", ["bucket"], registry=r)
         self.runs = Counter("herald_runs_total", "Campaign runs by outcome", ["outcome"], registry=r)
+        self.consent_changes = Counter("herald_consent_changes_total", "Consent changes recorded, by source "
+                                       "(keyword, provider_error, api, ingest) and change (opt_out, opt_in)",
+                                       ["source", "change"], registry=r)
         self.live_event_failures = Counter("herald_live_event_failures_total",
                                            "Live events (unit=event) or timer tries (unit=timer) a campaign "
                                            "could not handle", ["campaign", "unit"], registry=r)

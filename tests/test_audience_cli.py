@@ -64,8 +64,9 @@ def test_ingest_users_csv_infers_property_types(tmp_path: Path, store_url: str) 
         "u3,+14155550103,US\n"
         "u4,0044207946,GB,maybe,1,,,,,\n"
         "u5,+14155550105,,,007,,,,,\"{not json\"\n", encoding="utf-8")
-    result = run("ingest", "users", str(source), "--store", store_url)
+    result = run("ingest", "users", str(source), "--store", store_url, "--state", f"sqlite:///{tmp_path}/state.db")
     assert result.exit_code == 1
+    assert "consent: 1 opt-out/opt-in changes recorded" in result.stderr  # u2 arrived opted out
     assert f"{source}:4: expected 10 cells, found 3" in result.stderr
     assert f"{source}:5: 'opted_out' must be true or false" in result.stderr
     assert f"{source}:6: the properties cell is not a JSON object" in result.stderr
@@ -115,6 +116,45 @@ def test_ingest_is_batched(tmp_path: Path, store_url: str) -> None:
     assert result.exit_code == 0, result.stderr
     with open_audience_store(store_url) as store:
         assert store.count(None, NOW) == 25
+
+
+def test_ingest_records_consent_changes_that_herald_optouts_exports(tmp_path: Path, store_url: str) -> None:
+    state = f"sqlite:///{tmp_path}/state.db"
+    first = write_jsonl(tmp_path / "users.jsonl", [
+        {"id": "u1", "phone": phone(1), "opted_out": False}, {"id": "u2", "phone": phone(2), "opted_out": True},
+        {"id": "u3", "phone": phone(3), "subscribed": False}])
+    result = run("ingest", "users", str(first), "--store", store_url, "--state", state, "--actor", "ops")
+    assert result.exit_code == 0, result.stderr
+    assert f"consent: 2 opt-out/opt-in changes recorded in {state}" in result.stderr
+    second = write_jsonl(tmp_path / "users-again.csv", [])
+    second.write_text("id,opted_out\nu1,true\nu2,true\nu3,false\n")
+    assert run("ingest", "users", str(second), "--store", store_url, "--state", state).exit_code == 0
+    now_out = json.loads(run("optouts", "--state", state, "--format", "json").stdout)
+    assert sorted((row["users"], row["source"], row["message"]) for row in now_out) == [
+        (["u1"], "ingest", f"{second}:2"), (["u2"], "ingest", f"{first}:2")]
+    history = json.loads(run("optouts", "--state", state, "--format", "json", "--all").stdout)
+    assert [(row["users"][0], row["opted_out"]) for row in history] == [
+        ("u2", True), ("u3", True), ("u1", True), ("u3", False)]
+    assert history[0]["phone"] == phone(2)
+    with open_audience_store(store_url) as store:
+        assert store.unreachable(["u1", "u2", "u3"]) == {"u1": "opted_out", "u2": "opted_out"}
+
+
+def test_ingest_without_a_reachable_state_store_names_what_was_not_recorded(tmp_path: Path, store_url: str) -> None:
+    source = write_jsonl(tmp_path / "users.jsonl", [
+        {"id": "u1", "phone": phone(1)}, {"id": "u2", "phone": phone(2), "opted_out": True},
+        {"id": "u3", "phone": phone(3), "subscribed": False}])
+    state = "postgresql://herald:hunter2-secret@127.0.0.1:1/state"  # nothing listens on port 1
+    result = run("ingest", "users", str(source), "--store", store_url, "--state", state)
+    assert result.exit_code == 0  # the ingest itself succeeded
+    assert "users: 3 stored, 0 rejected of 3 rows" in result.stdout
+    assert "2 consent changes are in the audience store (sends honour them) but NOT in the consent ledger" \
+        in result.stderr
+    assert "postgresql://***@127.0.0.1:1/state" in result.stderr and "hunter2" not in result.output
+    assert f"{source}:2: not recorded: user u2 opted out" in result.stderr
+    assert f"{source}:3: not recorded: user u3 opted out" in result.stderr
+    with open_audience_store(store_url) as store:
+        assert store.stats().opted_out == 2
 
 
 # -- reach ----------------------------------------------------------------------------------------

@@ -211,6 +211,8 @@ def test_stop_through_the_mocks_inbound_and_twilio_21610_at_send_time(tmp_path: 
         assert rows[second.user_id].status == "failed" and "21610" in (rows[second.user_id].last_error or "")
         sources = {(e["phone"], e["source"]) for e in consent.consent_ledger(rt.store)}
         assert sources == {(first.phone, "keyword"), (second.phone, "provider_error")}
+        counted = rt.metrics.registry.get_sample_value  # the delivery worker's 21610 is counted too
+        assert counted("herald_consent_changes_total", {"source": "provider_error", "change": "opt_out"}) == 1
         (stop_reply,) = rt.store.query_audit(AuditQuery(actions=("consent_reply",)))
         assert stop_reply.details["status"] == "failed"  # Twilio blocks our confirmation after its own STOP
         assert _mock_messages(world, first.phone) == [] and _mock_messages(world, second.phone) == []

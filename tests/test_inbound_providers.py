@@ -142,6 +142,30 @@ def test_consent_api(world: World) -> None:
     assert not world.opted_out("u-uk")
 
 
+def _counted(world: World, source: str, change: str) -> float:
+    return world.rt.metrics.registry.get_sample_value("herald_consent_changes_total",
+                                                      {"source": source, "change": change}) or 0.0
+
+
+def test_consent_changes_are_counted_by_source_and_change(world: World) -> None:
+    """herald_consent_changes_total{source,change}: keyword replies, the API, provider error codes."""
+    url = f"{PUBLIC}/inbound/twilio-us"
+    for text in ("STOP", "stop sending me coupons please", "START"):
+        form = twilio_inbound(PHONES["u-us"], text)
+        assert world.client.post("/inbound/twilio-us", data=form,
+                                 headers=twilio_headers(SECRETS["TWILIO_AUTH_TOKEN"], url, form)).status_code == 200
+    assert (_counted(world, "keyword", "opt_out"), _counted(world, "keyword", "opt_in")) == (1, 1)
+    body = {"user_id": "u-uk", "opted_out": True}
+    assert world.client.post("/v1/consent", json=body, headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
+    assert (_counted(world, "api", "opt_out"), _counted(world, "api", "opt_in")) == (1, 0)
+    assert consent.opt_out_from_receipt(world.rt, world.state, "twilio-us", "30003", {"To": PHONES["u-in"]}) is None
+    assert consent.opt_out_from_receipt(world.rt, world.state, "twilio-us", "21610", {"To": PHONES["u-in"]})
+    assert _counted(world, "provider_error", "opt_out") == 1 and world.opted_out("u-in")
+    rendered = world.rt.metrics.render().decode()
+    assert 'herald_consent_changes_total{change="opt_out",source="keyword"} 1.0' in rendered
+    assert len(consent.consent_ledger(world.rt.store)) == 4  # one count per recorded change
+
+
 @pytest.mark.parametrize(("provider", "field", "expected"), [
     ("twilio-us", "StatusCallback", f"{PUBLIC}/receipts/twilio-us"),
     ("vonage-global", "callback", f"{PUBLIC}/receipts/vonage-global"),  # signs its callbacks: no token
@@ -184,6 +208,7 @@ def test_opt_outs_arriving_with_user_records_are_audited_as_ingest(world: World)
     assert sorted((e["users"][0], e["phone"], e["opted_out"], e["source"]) for e in ledger) == [
         ("u-new", "+14155550199", True, "ingest"), ("u-us", "+14155550123", True, "ingest")]
     assert world.opted_out("u-us") and world.opted_out("u-new")
+    assert _counted(world, "ingest", "opt_out") == 2
     assert client.post("/v1/users", json=[{"id": "u-us", "opted_out": True}], headers=auth).status_code == 202
     assert len(consent.consent_ledger(world.rt.store)) == 2  # the same value again is no change
     assert client.post("/v1/users", json=[{"id": "u-us", "subscribed": True}], headers=auth).status_code == 202

@@ -8,6 +8,10 @@ opted_out/subscribed for users; user_id, name, ts for events) are read as text; 
 hold a JSON object; any other column (a `properties.` prefix is stripped) becomes a property whose
 value is inferred: true/false, integers, decimals, JSON objects/arrays, otherwise text. Empty cells
 are absent.
+
+Consent: given `on_consent`, a users ingest reports every opt-out state the file changes (a stored
+user whose `opted_out` flips, or a new user arriving opted out) with the line that changed it, once per
+batch and only after that batch is stored; rows that state no consent cost no extra query.
 """
 
 from __future__ import annotations
@@ -41,6 +45,20 @@ csv.field_size_limit(MAX_LINE_BYTES)
 class RowError:
     line: int
     message: str
+
+
+@dataclass(frozen=True)
+class ConsentRow:
+    """One stored user's opt-out state changed by the file's row at `line` (the batch's last row for
+    that user that states it)."""
+
+    user_id: str
+    phone: str | None
+    opted_out: bool
+    line: int
+
+
+ConsentHook = Callable[[list[ConsentRow]], None]
 
 
 @dataclass
@@ -168,8 +186,10 @@ Progress = Callable[[IngestReport], None]
 
 
 def ingest_stream(store: AudienceStore, rows: Iterator[tuple[int, Any]], kind: Kind, *, now: datetime,
-                  batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None) -> IngestReport:
+                  batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None,
+                  on_consent: ConsentHook | None = None) -> IngestReport:
     """Validate rows and write them in batches; `now` is created_at for users that state none.
+    `on_consent` (users only) sees each stored batch's consent changes; it must not raise.
 
     A row never stops the load: a row that fails validation is rejected with its line number, and
     so is a row the store refuses (the batch is then written row by row to find it; batches are all
@@ -182,8 +202,10 @@ def ingest_stream(store: AudienceStore, rows: Iterator[tuple[int, Any]], kind: K
     def flush() -> None:
         if not batch:
             return
-        _write_batch(store, kind, batch, report, now)
+        changes = _write_batch(store, kind, batch, report, now, track_consent=on_consent is not None)
         batch.clear()
+        if changes and on_consent is not None:
+            on_consent(changes)
         if progress is not None:
             progress(report)
 
@@ -213,20 +235,35 @@ def _write(store: AudienceStore, kind: Kind, records: list[Any], now: datetime) 
         store.insert_events(records)
 
 
+def _store_rows(store: AudienceStore, kind: Kind, rows: list[tuple[int, Any]], now: datetime,
+                track_consent: bool) -> list[ConsentRow]:
+    """Write rows (all or nothing) and return the consent changes they made, read just before the
+    write (one query per 500 users that state `opted_out`)."""
+    records = [record for _, record in rows]
+    changes = store.consent_changes(records) if track_consent and kind == "users" else []
+    _write(store, kind, records, now)
+    if not changes:
+        return []
+    lines = {record.id: line for line, record in rows if record.opted_out is not None}  # later rows win
+    return [ConsentRow(user_id, phone, opted_out, lines[user_id]) for user_id, phone, opted_out in changes]
+
+
 def _write_batch(store: AudienceStore, kind: Kind, batch: list[tuple[int, Any]], report: IngestReport,
-                 now: datetime) -> None:
-    """Write one batch; if the store refuses it, write its rows one by one and reject those refused."""
+                 now: datetime, *, track_consent: bool = False) -> list[ConsentRow]:
+    """Write one batch; if the store refuses it, write its rows one by one and reject those refused.
+    Returns the consent changes of the rows stored."""
     try:
-        _write(store, kind, [record for _, record in batch], now)
+        changes = _store_rows(store, kind, batch, now, track_consent)
     except Exception as exc:  # a driver's data error: find the row, keep the others
         failure: Exception = exc
     else:
         report.accepted += len(batch)
-        return
+        return changes
+    changes = []
     refused: list[tuple[int, str]] = []
     for line, record in batch:
         try:
-            _write(store, kind, [record], now)
+            changes.extend(_store_rows(store, kind, [(line, record)], now, track_consent))
         except Exception as exc:  # reported against the row
             refused.append((line, f"the audience store refused the row: {_error_text(exc)}"))
         else:
@@ -236,6 +273,7 @@ def _write_batch(store: AudienceStore, kind: Kind, batch: list[tuple[int, Any]],
             from failure
     for line, message in refused:
         report.reject(line, message)
+    return changes
 
 
 def _error_text(exc: BaseException) -> str:
@@ -245,12 +283,13 @@ def _error_text(exc: BaseException) -> str:
 
 
 def ingest_file(store: AudienceStore, path: str | Path, kind: Kind, *, now: datetime, fmt: str | None = None,
-                batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None) -> IngestReport:
+                batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None,
+                on_consent: ConsentHook | None = None) -> IngestReport:
     chosen = detect_format(path, fmt)
     with open(path, encoding="utf-8-sig", errors="surrogateescape",
               newline="" if chosen == "csv" else None) as handle:
         return ingest_stream(store, read_rows(path, kind, chosen, handle), kind, now=now,
-                             batch_size=batch_size, progress=progress)
+                             batch_size=batch_size, progress=progress, on_consent=on_consent)
 
 
 def _snapshot_kind(path: Path) -> Kind | None:

@@ -328,14 +328,13 @@ class AudienceStore(ABC):
 
     def consent_changes(self, records: Sequence[UserRecord]) -> list[tuple[str, str | None, bool]]:
         """(user id, phone, opted_out) for each record whose `opted_out` differs from the stored value
-        (a new user counts when it arrives opted out): what an upsert of `records` would change."""
+        (a new user counts when it arrives opted out): what an upsert of `records` would change.
+        One query whatever the count (the ids bound as one array: a bulk ingest asks per batch)."""
         given = {r.id: r for r in merge_user_records(r for r in records if r.opted_out is not None)}
         stored: dict[str, tuple[str | None, bool]] = {}
-        ids = sorted(given)
-        for start in range(0, len(ids), CONSENT_CHUNK):
-            chunk = ids[start:start + CONSENT_CHUNK]
-            query = wrap("SELECT u.id, u.phone, u.opted_out FROM users u WHERE u.id IN ({})",
-                         join(", ", (param(i) for i in chunk)))
+        if given:
+            query = frag("SELECT u.id, u.phone, u.opted_out FROM users u "
+                         "WHERE u.id IN (SELECT unnest(CAST(? AS TEXT[])))", sorted(given))
             stored.update({str(row[0]): (row[1], bool(row[2])) for row in self._fetchall(query)})
         changes = []
         for user_id, record in given.items():

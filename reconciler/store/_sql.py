@@ -815,6 +815,10 @@ class SqlStateStore(StateStore):
         with self._transaction(write=True) as tx:
             return self._append_audit(tx, records)
 
+    def append_audit_bulk(self, records: Sequence[AuditRecord]) -> None:
+        with self._transaction(write=True) as tx:
+            self._insert_audit(tx, records)
+
     def _audit_params(self, record: AuditRecord) -> tuple[Any, ...]:
         return (self._ts(record.at), redact(record.actor), record.action, record.kind, record.name,
                 record.commit_sha, self._redacted_json(dict(record.details)))
