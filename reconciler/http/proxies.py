@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
+from ..outbound import parse_networks as outbound_networks
+
 PUBLIC_URL_ENV = "HERALD_PUBLIC_URL"
 TRUSTED_PROXIES_ENV = "HERALD_TRUSTED_PROXIES"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -31,16 +33,10 @@ def parse_networks(text: str | Iterable[str] | None) -> tuple[Network, ...]:
     """CIDRs (or single addresses) from 'a, b' or a list; ProxyConfigError names a bad entry."""
     if text is None:
         return ()
-    items = text.split(",") if isinstance(text, str) else list(text)
-    networks = []
-    for item in (i.strip() for i in items):
-        if not item:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise ProxyConfigError(f"not a CIDR or address: {item!r}") from None
-    return tuple(networks)
+    try:
+        return outbound_networks(text.split(",") if isinstance(text, str) else text)
+    except ValueError as exc:
+        raise ProxyConfigError(str(exc)) from None
 
 
 def normalize_public_url(url: str | None) -> str | None:
