@@ -550,16 +550,10 @@ class SqlStateStore(StateStore):
         return total
 
     def in_doubt_counts(self, *, campaign: str | None = None, run_id: int | None = None) -> dict[str, int]:
-        sql = "SELECT coalesce(doubt_settled, 'unsettled') AS how, count(*) AS n FROM outbox WHERE doubt IS NOT NULL"
-        params: list[Any] = []
-        if campaign is not None:
-            sql += " AND campaign = ?"
-            params.append(campaign)
-        if run_id is not None:
-            sql += " AND run_id = ?"
-            params.append(run_id)
+        where = _Where().when(True, "doubt IS NOT NULL").equals("campaign", campaign).equals("run_id", run_id)
         with self._transaction(write=False) as tx:
-            rows = tx.rows(sql + " GROUP BY coalesce(doubt_settled, 'unsettled')", params)
+            rows = tx.rows("SELECT coalesce(doubt_settled, 'unsettled') AS how, count(*) AS n FROM outbox"
+                           f" WHERE {where.sql} GROUP BY coalesce(doubt_settled, 'unsettled')", where.params)
         return {str(r["how"]): int(r["n"]) for r in rows}
 
     def skip(self, ids: Sequence[int], reason: str, *, worker_id: str | None = None) -> int:
@@ -674,44 +668,32 @@ class SqlStateStore(StateStore):
     def sent_count(self, user_ids: Sequence[str], since: datetime, *, campaign: str | None = None,
                    until: datetime | None = None) -> dict[str, int]:
         counts: dict[str, int] = {}
-        extra, extra_params = self._window(since, until, campaign)
+        where = self._window(since, until, campaign)
         with self._transaction(write=False) as tx:
             for chunk in _chunks(list(dict.fromkeys(user_ids))):
                 rows = tx.rows(
                     f"SELECT user_id, count(*) AS n FROM outbox WHERE user_id IN ({_marks(len(chunk))})"
-                    f"{extra} GROUP BY user_id", (*chunk, *extra_params))
+                    f" AND {where.sql} GROUP BY user_id", (*chunk, *where.params))
                 counts.update({r["user_id"]: int(r["n"]) for r in rows})
         return counts
 
     def _window(self, since: datetime | None, until: datetime | None, campaign: str | None, *,
-                day: str | None = None, created_since: datetime | None = None) -> tuple[str, list[Any]]:
+                day: str | None = None, created_since: datetime | None = None) -> _Where:
         """Counted rows (sent, claimed, pending) with send time in [since, until) — both bounds: a
         message queued for a later day is not "today" — of limit day `day`, queued since `created_since`."""
-        sql = f" AND status IN ({_marks(len(COUNTED_STATUSES))})"
-        params: list[Any] = list(COUNTED_STATUSES)
-        if since is not None:
-            sql += " AND coalesce(sent_at, not_before) >= ?"
-            params.append(self._ts(since))
-        if until is not None:
-            sql += " AND coalesce(sent_at, not_before) < ?"
-            params.append(self._ts(until))
-        if campaign is not None:
-            sql += " AND campaign = ?"
-            params.append(campaign)
-        if day is not None:
-            sql += " AND limit_day = ?"
-            params.append(day)
-        if created_since is not None:
-            sql += " AND created_at >= ?"
-            params.append(self._ts(created_since))
-        return sql, params
+        return (_Where().any_of("status", COUNTED_STATUSES)
+                .when(since is not None, "coalesce(sent_at, not_before) >= ?", self._ts(since))
+                .when(until is not None, "coalesce(sent_at, not_before) < ?", self._ts(until))
+                .equals("campaign", campaign)
+                .equals("limit_day", day)
+                .when(created_since is not None, "created_at >= ?", self._ts(created_since)))
 
     def campaign_sent_count(self, campaign: str, since: datetime | None = None,
                             until: datetime | None = None, *, day: str | None = None,
                             created_since: datetime | None = None) -> int:
-        extra, params = self._window(since, until, campaign, day=day, created_since=created_since)
+        where = self._window(since, until, campaign, day=day, created_since=created_since)
         with self._transaction(write=False) as tx:
-            row = tx.one(f"SELECT count(*) AS n FROM outbox WHERE 1 = 1{extra}", params)
+            row = tx.one(f"SELECT count(*) AS n FROM outbox WHERE {where.sql}", where.params)
         return int(row["n"]) if row else 0
 
     def campaign_cost(self, campaign: str, since: datetime | None = None, run_id: int | None = None) -> float:
