@@ -196,9 +196,10 @@ class Daemon:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         self.started.set()
+        retry_sync = False
         while not self.stopping.is_set():
             due = (self._last_sync is None or loop.time() - self._last_sync >= self.options.poll_interval
-                   or self.sync_now.is_set())
+                   or self.sync_now.is_set() or retry_sync)
             if due:
                 self.sync_now.clear()
                 self._last_sync = loop.time()
@@ -208,6 +209,9 @@ class Daemon:
                 LOG.exception("engine step failed; retrying")
                 self.engine.rt.metrics.reconcile_errors.labels(stage="step").inc()
                 outcome = None
+            # Another daemon was syncing: it may have read the branch before the push that asked for
+            # this sync, so sync again at the next step rather than wait for the next poll.
+            retry_sync = due and self.engine.sync_busy
             if outcome is not None and outcome.claimed:
                 continue  # more may be waiting: go again without sleeping
             await self._sleep(self.options.tick_interval)

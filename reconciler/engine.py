@@ -68,6 +68,7 @@ class Engine:
         self._applied = AppliedState.empty()
         self._router: GroupRouter | None = None
         self.last_sync_error: str | None = None
+        self.sync_busy = False  # the last sync found another daemon syncing (the caller may ask again)
         self.last_reconciled_at: datetime | None = None  # last successful git → apply reconcile
         env = os.environ if environ is None else environ
         self.limiter = make_rate_limiter(rt.config.state_url, env.get("HERALD_REDIS_URL") or None,
@@ -79,12 +80,24 @@ class Engine:
     # ------------------------------------------------------------ git → applied state
 
     def sync(self) -> ApplyResult | None:
-        """Read the branch head and reconcile it. Errors keep the last applied state running."""
+        """Read the branch head and reconcile it. Errors keep the last applied state running.
+
+        The git lease is held only while syncing (one reconcile at a time across daemons) and released
+        at once, so a push webhook or /admin/sync that reaches any daemon is acted on at once (holding it
+        for the whole coordination lease made such a request a no-op on every other daemon for 30 s)."""
         if self.source is None:
             return None
-        if not self.rt.store.try_lease(GIT_LEASE, self.rt.worker_id, self.rt.clock.now(),
-                                      self.rt.leases.coordination):
+        self.sync_busy = not self.rt.store.try_lease(GIT_LEASE, self.rt.worker_id, self.rt.clock.now(),
+                                                     self.rt.leases.coordination)
+        if self.sync_busy:
             return None
+        try:
+            return self._sync_leased()
+        finally:
+            self.rt.store.release_lease(GIT_LEASE, self.rt.worker_id)
+
+    def _sync_leased(self) -> ApplyResult | None:
+        assert self.source is not None
         try:
             snapshot = self.source.read()
         except GitSourceError as exc:

@@ -161,3 +161,30 @@ def test_a_campaign_applied_behind_the_schedulers_watermark_still_runs(world: De
     [run] = rt.store.list_runs(campaign="late")
     assert run.scheduled_for == MOMENT + timedelta(minutes=5) and run.status in ("sending", "done")
     assert run.enqueued == 12 and len(received(world)) - before == 12
+
+
+def test_a_sync_request_to_any_daemon_applies_at_once(world: DemoWorld) -> None:
+    """The git lease is held only while syncing: right after daemon A synced, a push webhook reaching
+    daemon B is applied by B at once (B used to do nothing for the 30 s A kept the lease), and while A is
+    syncing B says so (the daemon loop then asks again at its next step)."""
+    from dataclasses import replace
+
+    from reconciler.engine import GIT_LEASE, Engine
+    from reconciler.gitsource import GitSource
+
+    rt = world.engine.rt
+    other = Engine(replace(rt, worker_id="daemon-b"), GitSource(world.repo.working_tree_dir, "main"))
+    try:
+        world.engine.sync()  # daemon A syncs (nothing new) and releases the lease
+        late = Path(world.repo.working_tree_dir or "") / "campaigns" / "late.yaml"
+        late.write_text(campaign("late"))
+        world.repo.git.add(A=True)
+        sha = world.repo.index.commit("pushed").hexsha
+        result = other.sync()
+        assert result is not None and result.commit_sha == sha and not other.sync_busy
+        assert rt.store.applied_state().commit_sha == sha
+
+        assert rt.store.try_lease(GIT_LEASE, "daemon-a-mid-sync", rt.clock.now(), rt.leases.coordination)
+        assert other.sync() is None and other.sync_busy
+    finally:
+        world.run(other.aclose)
