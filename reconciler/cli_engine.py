@@ -33,6 +33,9 @@ def _configure_logging(verbose: bool) -> None:
 @click.option("--poll-interval", default=30.0, show_default=True, type=float, help="Seconds between git polls.")
 @click.option("--tick-interval", default=1.0, show_default=True, type=float)
 @click.option("--workers", default=4, show_default=True, type=int, help="Concurrent delivery workers.")
+@click.option("--claim-batch", "claim_batch", envvar="HERALD_CLAIM_BATCH", default=200, show_default=True,
+              type=click.IntRange(min=1, max=10_000),
+              help="Outbox rows a delivery worker claims at once (raised to a batching provider's batch size).")
 @click.option("--state", "state_url", envvar="HERALD_STATE_URL", default=None, help="State store URL.")
 @click.option("--audience", "audience_url", envvar="HERALD_AUDIENCE_URL", default=None,
               help="User/event store URL.")
@@ -52,7 +55,7 @@ def _configure_logging(verbose: bool) -> None:
               help="Comma-separated CIDRs of reverse proxies whose Forwarded / X-Forwarded-* headers are believed.")
 @click.option("-v", "--verbose", is_flag=True)
 def run(repo: str, branch: str, paths: tuple[str, ...], host: str, port: int, poll_interval: float,
-        tick_interval: float, workers: int, state_url: str | None, audience_url: str | None, allow_prune: bool,
+        tick_interval: float, workers: int, claim_batch: int, state_url: str | None, audience_url: str | None, allow_prune: bool,
         override_freeze: bool, lease_seconds: float | None, clock_offset: str | None, public_url: str | None,
         trusted_proxies: str | None, verbose: bool) -> None:
     """Run the reconciler daemon: poll git, apply, schedule, deliver, serve HTTP."""
@@ -87,7 +90,7 @@ def run(repo: str, branch: str, paths: tuple[str, ...], host: str, port: int, po
     audience = open_audience_store(config.audience_url)
     rt = Runtime(store=store, audience=audience, config=config, clock=store.clock,
                  leases=Leases.uniform(lease_seconds) if lease_seconds else Leases())
-    engine = Engine(rt, GitSource(repo, branch, paths=list(paths) or None), workers=workers,
+    engine = Engine(rt, GitSource(repo, branch, paths=list(paths) or None), workers=workers, batch_size=claim_batch,
                     allow_prune=allow_prune, linked_policy=LinkedUrlPolicy.for_daemon(port),
                     override_freeze=override_freeze)
     options = DaemonOptions(host=host, port=port, poll_interval=poll_interval, tick_interval=tick_interval,

@@ -48,6 +48,15 @@ class TickResult:
     finished_runs: list[int] = field(default_factory=list)
 
 
+def claim_size(state: DesiredState, configured: int) -> int:
+    """Rows a delivery worker claims at once: the configured size (`herald run --claim-batch`), raised to
+    the largest batch a batching provider takes, so such a provider is sent full batches (claims of 200
+    split a 500-recipient batch into requests of 200)."""
+    sizes = [batching.size for provider in state.providers.values()
+             if (batching := getattr(provider.spec, "batching", None)) is not None and batching.enabled]
+    return max([configured, *sizes])
+
+
 class Engine:
     def __init__(self, rt: Runtime, source: GitSource | None = None, *, workers: int = 4,
                  batch_size: int = 200, environ: dict[str, str] | None = None,
@@ -205,7 +214,8 @@ class Engine:
         if deliveries_paused(self.state.settings, self.rt.clock.now()):
             return BatchOutcome()
         router = await self.router()
-        workers = [DeliveryWorker(self.rt, router, self.state, linked=self.linked, batch_size=self.batch_size)
+        claim = claim_size(self.state, self.batch_size)
+        workers = [DeliveryWorker(self.rt, router, self.state, linked=self.linked, batch_size=claim)
                    for _ in range(self.worker_count)]
         return await drain(workers, max_batches=max_batches)
 
