@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -12,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from reconciler.cli import main
+from reconciler.clock import FakeClock
 from reconciler.providers.mock_server import MockState, running_mock_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -215,22 +217,31 @@ def test_twilio_message_list_reads_with_the_official_sdk_after_the_visibility_de
     field; a message shows only once the configured visibility delay has passed."""
     twilio_rest = pytest.importorskip("twilio.rest")
     url, state = mock
+    clock = FakeClock(datetime(2026, 12, 1, 12, 0, tzinfo=UTC))  # visibility follows the mock's clock, not load
+    real_clock, state.clock = state.clock, lambda: clock.now().timestamp()
     httpx.post(f"{url}/_mock/mode", json={"visibility_delay": 3.0}).raise_for_status()
     try:
-        sids = [httpx.post(url + TWILIO_PATH, data={**TWILIO_FORM, "Body": f"hello {i}"}, headers=AUTH).json()["sid"]
-                for i in range(3)]
+        sids = []
+        for i in range(3):
+            sids.append(httpx.post(url + TWILIO_PATH, data={**TWILIO_FORM, "Body": f"hello {i}"},
+                                   headers=AUTH).json()["sid"])
+            clock.advance(timedelta(milliseconds=10))  # distinct creation times: a defined newest-first order
         httpx.post(url + TWILIO_PATH, data={**TWILIO_FORM, "To": "+14155550999"}, headers=AUTH).raise_for_status()
         client = twilio_rest.Client("AC1", "token")
         client.api.base_url = f"{url}/twilio"
+        clock.advance(timedelta(seconds=2.9))
         assert client.messages.list(to=TWILIO_FORM["To"]) == []  # not visible yet
-        assert asyncio.run(_wait_for(lambda: len(client.messages.list(to=TWILIO_FORM["To"])) == 3, attempts=600))
+        clock.advance(timedelta(seconds=0.2))
+        assert len(client.messages.list(to=TWILIO_FORM["To"])) == 3
         listed = client.messages.list(to=TWILIO_FORM["To"], from_=TWILIO_FORM["From"], page_size=2)
+        everyone = {m.to for m in client.messages.list()}
     finally:
+        state.clock = real_clock
         httpx.post(f"{url}/_mock/mode", json={"visibility_delay": 0.0}).raise_for_status()
     assert [m.sid for m in listed] == sids[::-1]  # newest first, across two pages
     first = listed[-1]
     assert (first.body, first.to, first.from_, first.direction) == ("hello 0", "+14155550123", "+14155550100",
                                                                    "outbound-api")
     assert first.date_created is not None and first.account_sid == "AC1" and first.num_segments == "1"
-    assert {m.to for m in client.messages.list()} == {"+14155550123", "+14155550999"}
+    assert everyone == {"+14155550123", "+14155550999"}
     assert len(state.query("twilio")) == 4
