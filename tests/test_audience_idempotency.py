@@ -9,7 +9,6 @@ the README). One event that breaks the live hook is recorded against that event;
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,6 +18,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from example_repo import example_sources, settings_yaml
 from starlette.testclient import TestClient
 
 from reconciler.audience import open_audience_store
@@ -31,17 +31,10 @@ from reconciler.demo import DemoWorld, demo_phone, demo_world
 from reconciler.live import LIVE_EVENT_FAILED, LIVE_TIMER_FAILED, MAX_TIMER_TRIES, handle_events
 from reconciler.store.base import AuditQuery
 
-ROOT = Path(__file__).resolve().parent.parent
 START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 TOKEN = "idempotency-admin-token-5b1f"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-SETTINGS = """apiVersion: herald/v1
-kind: Settings
-metadata: {name: global}
-spec:
-  defaultTimezone: UTC
-  secrets: {allow: [ACME_API_KEY, DLT_GATEWAY_TOKEN]}  # the example providers' header secrets
-"""
+SETTINGS = settings_yaml()
 WELCOME = """apiVersion: herald/v1
 kind: Campaign
 metadata: {name: welcome}
@@ -88,13 +81,8 @@ class Live:
 
 @pytest.fixture
 def live(tmp_path: Path) -> Iterator[Live]:
-    source = tmp_path / "source"
-    shutil.copytree(ROOT / "providers", source / "providers")
-    (source / "campaigns").mkdir()
-    for name, text in {"settings": SETTINGS, "welcome": WELCOME, "cart": CART}.items():
-        (source / "campaigns" / f"{name}.yaml").write_text(text)
-    with demo_world(tmp_path / "world", population=20, start=START,
-                    sources=[source / "providers", source / "campaigns"]) as world:
+    sources = example_sources(tmp_path / "source", {"settings": SETTINGS, "welcome": WELCOME, "cart": CART})
+    with demo_world(tmp_path / "world", population=20, start=START, sources=sources) as world:
         world.step()
         rt = world.engine.rt
         rt.config = dataclasses.replace(rt.config, admin_token=TOKEN)

@@ -6,7 +6,6 @@ do not depend on the real date or hour; zones include UTC+14 and UTC-10."""
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+from example_repo import example_sources, settings_yaml
 
 from reconciler.audience.records import parse_event, parse_user
 from reconciler.demo import DemoWorld, commit_all, demo_phone, demo_world
@@ -24,16 +24,8 @@ from reconciler.http.dashboard_views import DesiredCache, campaign_detail, campa
 from reconciler.report import build_report, report_table
 from reconciler.store.base import AuditQuery, OutboxRow
 
-ROOT = Path(__file__).resolve().parent.parent
 ZONES = ("Pacific/Kiritimati", "Pacific/Honolulu", "America/Los_Angeles")  # UTC+14, UTC-10, DST zone
-SETTINGS = """apiVersion: herald/v1
-kind: Settings
-metadata: {name: global}
-spec:
-  defaultTimezone: UTC
-  catchUp: {policy: latest, maxAge: 6h}
-  secrets: {allow: [ACME_API_KEY, DLT_GATEWAY_TOKEN]}  # the example providers' header secrets
-"""
+SETTINGS = settings_yaml("catchUp: {policy: latest, maxAge: 6h}")
 
 
 def campaign(name: str, spec: str) -> str:
@@ -55,14 +47,8 @@ def users(cohort: str, zones: tuple[str, ...], per_zone: int, first_index: int) 
 @contextmanager
 def world_with(tmp_path: Path, start: datetime, campaigns: dict[str, str],
                people: list[dict[str, Any]], state_url: str | None = None) -> Iterator[DemoWorld]:
-    source = tmp_path / "source"
-    (source / "campaigns").mkdir(parents=True)
-    shutil.copytree(ROOT / "providers", source / "providers")
-    (source / "campaigns" / "settings.yaml").write_text(SETTINGS)
-    for name, text in campaigns.items():
-        (source / "campaigns" / f"{name}.yaml").write_text(text)
-    with demo_world(tmp_path / "world", population=1, start=start, state_url=state_url,
-                    sources=[source / "providers", source / "campaigns"]) as world:
+    sources = example_sources(tmp_path / "source", {"settings": SETTINGS, **campaigns})
+    with demo_world(tmp_path / "world", population=1, start=start, state_url=state_url, sources=sources) as world:
         world.engine.rt.audience.upsert_users([parse_user(u) for u in people], now=start)
         world.step()
         yield world

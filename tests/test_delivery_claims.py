@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+from example_repo import example_sources, settings_yaml
 
 from reconciler.demo import demo_world
 from reconciler.engine import claim_size
@@ -15,13 +15,7 @@ from reconciler.loading import DesiredState, load_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
-SETTINGS = """apiVersion: herald/v1
-kind: Settings
-metadata: {name: global}
-spec:
-  defaultTimezone: UTC
-  secrets: {allow: [ACME_API_KEY, DLT_GATEWAY_TOKEN]}  # the example providers' header secrets
-"""
+SETTINGS = settings_yaml()
 BULK = """apiVersion: herald/v1
 kind: Campaign
 metadata: {name: bulk-news}
@@ -44,13 +38,8 @@ def test_claims_take_the_largest_batch_a_provider_takes() -> None:
 
 
 def test_a_batching_provider_gets_full_batches(tmp_path: Path) -> None:
-    source = tmp_path / "source"
-    shutil.copytree(ROOT / "providers", source / "providers")
-    (source / "campaigns").mkdir()
-    (source / "campaigns" / "settings.yaml").write_text(SETTINGS)
-    (source / "campaigns" / "bulk.yaml").write_text(BULK)
-    with demo_world(tmp_path / "world", population=600, start=START,
-                    sources=[source / "providers", source / "campaigns"]) as world:
+    sources = example_sources(tmp_path / "source", {"settings": SETTINGS, "bulk": BULK})
+    with demo_world(tmp_path / "world", population=600, start=START, sources=sources) as world:
         world.step()
         world.advance_to(START + timedelta(hours=1, seconds=1), every=timedelta(minutes=30))
         for _ in range(3):

@@ -3,30 +3,21 @@ inaction timers, render failures, validity expiry, frequency caps, crash re-clai
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from example_repo import example_sources, settings_yaml
 
 from reconciler.audience.records import parse_event, parse_user
 from reconciler.demo import DemoWorld, demo_phone, demo_world
 from reconciler.runtime import OUTBOX_LEASE
 from reconciler.store.base import AuditQuery
 
-ROOT = Path(__file__).resolve().parent.parent
 START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
-SETTINGS = """apiVersion: herald/v1
-kind: Settings
-metadata: {name: global}
-spec:
-  defaultTimezone: UTC
-  frequencyCap: {perDay: 1}
-  catchUp: {policy: latest, maxAge: 6h}
-  secrets: {allow: [ACME_API_KEY, DLT_GATEWAY_TOKEN]}  # the example providers' header secrets
-"""
+SETTINGS = settings_yaml("frequencyCap: {perDay: 1}", "catchUp: {policy: latest, maxAge: 6h}")
 
 
 def campaign(name: str, spec: str) -> str:
@@ -59,14 +50,9 @@ WELCOME = campaign("welcome", """  type: live
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[DemoWorld]:
-    source = tmp_path / "source"
-    (source / "campaigns").mkdir(parents=True)
-    shutil.copytree(ROOT / "providers", source / "providers")
-    (source / "campaigns" / "settings.yaml").write_text(SETTINGS)
-    for name, text in {"blocked": BLOCKED, "cart": CART, "welcome": WELCOME}.items():
-        (source / "campaigns" / f"{name}.yaml").write_text(text)
-    with demo_world(tmp_path / "world", population=20, start=START,
-                    sources=[source / "providers", source / "campaigns"]) as w:
+    sources = example_sources(tmp_path / "source", {"settings": SETTINGS, "blocked": BLOCKED, "cart": CART,
+                                                    "welcome": WELCOME})
+    with demo_world(tmp_path / "world", population=20, start=START, sources=sources) as w:
         w.engine.rt.audience.upsert_users([parse_user({"id": "vip", "phone": "+14155550999", "timezone": "UTC",
                                                        "first_name": "Val", "vip": True})], now=START)
         w.step()

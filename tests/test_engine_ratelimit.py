@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+from example_repo import settings_yaml
 
 from reconciler.audience.records import parse_event
 from reconciler.demo import demo_world
@@ -26,12 +27,7 @@ spec:
 """
 
 
-SETTINGS = """apiVersion: herald/v1
-kind: Settings
-metadata: {name: global}
-spec:
-  secrets: {allow: [ACME_API_KEY, DLT_GATEWAY_TOKEN]}  # the example providers' header secrets
-"""
+SETTINGS = settings_yaml()
 
 
 def test_rate_limited_provider_is_never_exceeded_by_the_engine_workers(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ while a healthy campaign scheduled at the same moment is delivered on time; /hea
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from example_repo import example_sources, settings_yaml
 
 from reconciler import runs as runs_module
 from reconciler.demo import DemoWorld, demo_world
@@ -20,17 +20,9 @@ from reconciler.report import build_report, report_table
 from reconciler.runs import MAX_RUN_ATTEMPTS
 from reconciler.store.base import AuditQuery
 
-ROOT = Path(__file__).resolve().parent.parent
 START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 MOMENT = datetime(2026, 12, 1, 13, 0, tzinfo=UTC)
-SETTINGS = """apiVersion: herald/v1
-kind: Settings
-metadata: {name: global}
-spec:
-  defaultTimezone: UTC
-  catchUp: {policy: latest, maxAge: 6h}
-  secrets: {allow: [ACME_API_KEY, DLT_GATEWAY_TOKEN]}  # the example providers' header secrets
-"""
+SETTINGS = settings_yaml("catchUp: {policy: latest, maxAge: 6h}")
 
 
 def campaign(name: str) -> str:
@@ -47,14 +39,9 @@ spec:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[DemoWorld]:
-    source = tmp_path / "source"
-    (source / "campaigns").mkdir(parents=True)
-    shutil.copytree(ROOT / "providers", source / "providers")
-    (source / "campaigns" / "settings.yaml").write_text(SETTINGS)
-    for name in ("healthy", "poisoned"):
-        (source / "campaigns" / f"{name}.yaml").write_text(campaign(name))
-    with demo_world(tmp_path / "world", population=12, start=START,
-                    sources=[source / "providers", source / "campaigns"]) as w:
+    sources = example_sources(tmp_path / "source", {"settings": SETTINGS, "healthy": campaign("healthy"),
+                                                    "poisoned": campaign("poisoned")})
+    with demo_world(tmp_path / "world", population=12, start=START, sources=sources) as w:
         w.step()
         yield w
 

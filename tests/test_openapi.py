@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from daemon_harness import ADMIN_TOKEN, WEBHOOK_SECRET, engine_world
+from example_repo import settings_yaml
 from hypothesis import HealthCheck, given, settings
 from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
@@ -43,13 +44,7 @@ AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance]
 UNDESCRIBED = {"/dashboard"}  # HTML pages for people, not an API
-SETTINGS = """apiVersion: herald/v1
-kind: Settings
-metadata: {name: global}
-spec:
-  defaultTimezone: UTC
-  secrets: {allow: [ACME_API_KEY, DLT_GATEWAY_TOKEN]}  # the example providers' header secrets
-"""
+SETTINGS = settings_yaml()
 EXAMPLE_PROVIDERS = sorted((ROOT / "providers").glob("*.yaml"))
 PROVIDER_NAMES = sorted(name for path in EXAMPLE_PROVIDERS
                         for name in re.findall(r"^kind: Provider\nmetadata:\n  name: (\S+)", path.read_text(), re.M))

@@ -16,7 +16,6 @@ import asyncio
 import dataclasses
 import json
 import random
-import shutil
 import time
 import tracemalloc
 from collections import Counter
@@ -27,22 +26,16 @@ from typing import Any
 from urllib.parse import unquote
 
 import pytest
+from example_repo import example_sources, settings_yaml
 
 from reconciler.daemon import Daemon, DaemonOptions
 from reconciler.demo import DemoWorld, demo_world
 from reconciler.providers.registry import receipt_token
 
-ROOT = Path(__file__).resolve().parent.parent
 START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 TOKEN = "fuzz-admin-token-2c7e"
 WEBHOOK_SECRET = "fuzz-webhook-secret-81d0"
-SETTINGS = """apiVersion: herald/v1
-kind: Settings
-metadata: {name: global}
-spec:
-  defaultTimezone: UTC
-  secrets: {allow: [ACME_API_KEY, DLT_GATEWAY_TOKEN]}  # the example providers' header secrets
-"""
+SETTINGS = settings_yaml()
 WELCOME = """apiVersion: herald/v1
 kind: Campaign
 metadata: {name: welcome}
@@ -334,13 +327,8 @@ class Hostile:
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DemoWorld, Daemon]]:
     tmp = tmp_path_factory.mktemp("fuzz")
-    source = tmp / "source"
-    shutil.copytree(ROOT / "providers", source / "providers")
-    (source / "campaigns").mkdir()
-    (source / "campaigns" / "settings.yaml").write_text(SETTINGS)
-    (source / "campaigns" / "welcome.yaml").write_text(WELCOME)
-    with demo_world(tmp / "world", population=20, start=START,
-                    sources=[source / "providers", source / "campaigns"]) as world:
+    sources = example_sources(tmp / "source", {"settings": SETTINGS, "welcome": WELCOME})
+    with demo_world(tmp / "world", population=20, start=START, sources=sources) as world:
         world.step()
         rt = world.engine.rt
         rt.config = dataclasses.replace(rt.config, admin_token=TOKEN)
