@@ -39,24 +39,26 @@ def clock_skew_seconds(rt: Runtime) -> float | None:
     return rt.clock.skew().total_seconds() if isinstance(rt.clock, DatabaseClock) else None
 
 
-def health_problems(rt: Runtime, last_error: dict[str, Any] | None, now: datetime) -> list[HealthProblem]:
+def health_problems(rt: Runtime, last_error: dict[str, Any] | None, now: datetime,
+                    skew: float | None) -> list[HealthProblem]:
+    """What /healthz names; `skew` is clock_skew_seconds(rt), read once by the caller."""
     problems: list[HealthProblem] = []
     if last_error:
         problems.append(HealthProblem("commit", "branch head",
                                       f"{last_error.get('stage', 'reconcile')}: {last_error.get('message', '')}"
                                       "; the last applied state keeps running"))
     problems += rt.store.health_problems(now, failed_since=now - FAILED_RUN_WINDOW, stuck_after=STUCK_AFTER)
-    skew = clock_skew_seconds(rt)
-    if skew is not None and abs(skew) > max_clock_skew():
+    limit = max_clock_skew()
+    if skew is not None and abs(skew) > limit:
         problems.append(HealthProblem("clock", "host clock",
-                                      f"{skew:+.1f} s from the database's clock (limit {max_clock_skew():g} s);"
+                                      f"{skew:+.1f} s from the database's clock (limit {limit:g} s);"
                                       " this daemon uses the database's time"))
     return problems
 
 
 def health_report(rt: Runtime, last_error: dict[str, Any] | None) -> dict[str, Any]:
-    problems = health_problems(rt, last_error, rt.clock.now())
     skew = clock_skew_seconds(rt)
+    problems = health_problems(rt, last_error, rt.clock.now(), skew)
     if skew is not None:
         rt.metrics.clock_skew.set(skew)
     for unit in ("commit", "run", "outbox", "timer", "clock"):
